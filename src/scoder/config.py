@@ -1,0 +1,207 @@
+"""The YAML run config, validated by pydantic.
+
+Every section forbids unknown keys, so a typo is an error that names the key and the keys allowed
+there. `--set a.b=value` overrides are applied to the raw YAML before validation, so they get the
+same checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scoder.errors import ScoderError
+
+
+class ConfigError(ScoderError):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which model generates, and how it runs."""
+
+    name: str | None = Field(
+        default=None,
+        description="Hugging Face model id or local model directory; empty = the embedded "
+        "SmolLM2-135M-Instruct.",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    backend: Literal["transformers"] = "transformers"
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU (no native bf16)."
+    )
+    batch_size: int | Literal["auto"] = Field(
+        default="auto", description="Sequences generated together; auto = 16 on CPU, 64 on CUDA."
+    )
+    trust_remote_code: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"must be one of auto, cpu, cuda, cuda:N (got {value!r})")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _check_batch_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a positive integer or 'auto'")
+        return value
+
+
+class SeedsConfig(_Section):
+    """Where seed code snippets come from and which ones are kept."""
+
+    source: str = Field(
+        default="stdlib",
+        description="'stdlib' (this Python's standard library), a directory or git checkout, "
+        "a .jsonl/.parquet file, or 'hf:DATASET' (Hugging Face dataset).",
+    )
+    column: str = Field(default="content", description="Text column for files and datasets.")
+    split: str = Field(default="train", description="Split for Hugging Face datasets.")
+    unit: Literal["definition", "whole"] = Field(
+        default="definition",
+        description="definition = top-level functions/classes; whole = the whole file or row.",
+    )
+    max_seeds: int | None = Field(default=64, ge=1, description="Stop after this many seeds.")
+    min_lines: int = Field(default=3, ge=1)
+    max_lines: int = Field(default=60, ge=1)
+    max_chars: int = Field(default=3000, ge=1)
+    max_file_bytes: int = Field(default=1_000_000, ge=1)
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of paths to skip (directory sources)."
+    )
+
+
+class SynthesisConfig(_Section):
+    """OSS-Instruct-style synthesis: snippet -> problem, solution, tests."""
+
+    template: str = "oss-instruct-v1"
+    n: int = Field(default=1, ge=1, description="Samples per seed.")
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=512, ge=1)
+    chunk_size: int = Field(
+        default=32, ge=1, description="Seeds per saved chunk; a re-run resumes after the last one."
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        from scoder.templates import SYNTHESIS_TEMPLATES
+
+        if value not in SYNTHESIS_TEMPLATES:
+            raise ValueError(f"unknown template {value!r}; allowed: {sorted(SYNTHESIS_TEMPLATES)}")
+        return value
+
+
+class Config(_Section):
+    """One run of scoder."""
+
+    run_dir: Path = Path("runs/default")
+    random_seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+
+
+def fingerprint(data: Any) -> str:
+    """A stable short hash of JSON-able data (config sections, file digests)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read a YAML config (or the defaults), apply `key.sub=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must be a mapping of sections, not {type(loaded).__name__}"
+            )
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(
+            f"invalid config{where}:\n" + format_validation_error(exc, Config)
+        ) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. synthesis.n=4), got {item!r}")
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(root, loc[:-1])
+            hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+            msg = f"unknown key; allowed here: {', '.join(allowed)}"
+            if hint:
+                msg += f" (did you mean {hint[0]!r}?)"
+        else:
+            msg = err["msg"]
+            if (
+                "input" in err
+                and err["type"] not in ("missing",)
+                and not isinstance(err["input"], dict)
+            ):
+                msg += f" (got {err['input']!r})"
+        lines.append(f"  {dotted}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
+    model: Any = root
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)

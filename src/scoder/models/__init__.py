@@ -1,0 +1,43 @@
+"""Model loading and generation backends, chosen by config (`model.backend`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scoder.config import ModelConfig
+from scoder.models.base import Chat, Completion, GenerationBackend, SamplingParams
+from scoder.models.loading import EMBEDDED_MODEL_ID, ModelRef, resolve_model
+
+
+def _transformers_backend(cfg: ModelConfig) -> GenerationBackend:
+    from scoder.models.hf import TransformersBackend
+
+    return TransformersBackend(
+        resolve_model(cfg.name, revision=cfg.revision),
+        device=cfg.device,
+        dtype=cfg.dtype,
+        batch_size=cfg.batch_size,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+BACKENDS: dict[str, Callable[[ModelConfig], GenerationBackend]] = {
+    "transformers": _transformers_backend,
+}
+
+
+def load_backend(cfg: ModelConfig) -> GenerationBackend:
+    return BACKENDS[cfg.backend](cfg)
+
+
+__all__ = [
+    "BACKENDS",
+    "EMBEDDED_MODEL_ID",
+    "Chat",
+    "Completion",
+    "GenerationBackend",
+    "ModelRef",
+    "SamplingParams",
+    "load_backend",
+    "resolve_model",
+]

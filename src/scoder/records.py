@@ -1,0 +1,68 @@
+"""The records that flow between stages.
+
+Every record keeps where it came from; every record a stage drops keeps the stage and the reason.
+Fields are fixed (missing values are null), so each JSONL file has one schema and loads with
+`datasets.load_dataset("json", ...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Drop(_Record):
+    """Why a stage did not keep an item."""
+
+    stage: str
+    reason: str
+    detail: str = ""
+
+
+class SeedSource(_Record):
+    """Where a seed snippet was found: a file span, or a row of a dataset/file."""
+
+    kind: Literal["stdlib", "dir", "file", "hf"]
+    location: str  # file path (relative to the source root) or dataset name
+    line_start: int | None = None
+    line_end: int | None = None
+    row: int | None = None
+    name: str | None = None  # function/class name when the seed is a definition
+
+
+class Seed(_Record):
+    id: str
+    text: str
+    language: str = "python"
+    source: SeedSource
+    drop: Drop | None = None
+
+
+class Candidate(_Record):
+    """One synthesis sample: seed snippet -> (problem, solution, tests), with its provenance."""
+
+    id: str
+    seed_id: str
+    seed_text: str
+    seed_source: SeedSource
+    round: int = 0
+    checkpoint: str = "base"
+    sample_index: int = 0
+    model: str
+    model_digest: str
+    template: str
+    template_digest: str
+    sampling: dict[str, Any]
+    raw_output: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    problem: str | None = None
+    solution: str | None = None
+    tests: str | None = None
+    drop: Drop | None = None

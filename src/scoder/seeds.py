@@ -1,0 +1,335 @@
+"""Mine seed code snippets: top-level functions and classes from Python sources.
+
+Sources: this Python's standard library (offline default), a directory or git checkout, a
+JSONL/Parquet file with a text column, or a Hugging Face dataset. Every seed keeps its source (file
+and line span, or dataset row); every file or snippet not kept is recorded with its reason.
+
+With `max_seeds` set, files (or rows) are visited in an order fixed by the random seed, so the same
+config always picks the same seeds, and mining stops as soon as enough are found.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import hashlib
+import platform
+import subprocess
+import sysconfig
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scoder.config import Config, SeedsConfig, fingerprint
+from scoder.errors import ScoderError
+from scoder.records import Drop, Seed, SeedSource
+from scoder.store import RunDir, write_jsonl
+
+STAGE = "seeds"
+# Parts of the standard library that are tests, demos or vendored code rather than library code.
+STDLIB_SKIP = {
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "ensurepip",
+    "__pycache__",
+    "tkinter",
+    "venv",
+    "pydoc_data",
+}
+
+
+class SeedSourceError(ScoderError):
+    pass
+
+
+@dataclass
+class _Unit:
+    """One file or row of text to mine, before decoding."""
+
+    source: SeedSource
+    data: bytes | str | None
+    size: int
+
+
+def mine_seeds(cfg: SeedsConfig, random_seed: int = 0) -> tuple[list[Seed], list[Seed]]:
+    """Return (kept seeds, dropped seeds with a reason)."""
+    kept: list[Seed] = []
+    dropped: list[Seed] = []
+    seen: set[str] = set()
+    for unit in _units(cfg, random_seed):
+        for seed in _seeds_of_unit(unit, cfg):
+            if seed.drop is None:
+                key = _normalized_digest(seed.text)
+                if key in seen:
+                    seed.drop = Drop(
+                        stage=STAGE, reason="duplicate", detail="same code as an earlier seed"
+                    )
+                seen.add(key)
+            (kept if seed.drop is None else dropped).append(seed)
+            if cfg.max_seeds is not None and len(kept) >= cfg.max_seeds:
+                return kept, dropped
+    return kept, dropped
+
+
+def source_kind(source: str) -> str:
+    if source == "stdlib":
+        return "stdlib"
+    if source.startswith("hf:"):
+        return "hf"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "dir"
+    if path.is_file():
+        if path.suffix not in (".jsonl", ".json", ".parquet"):
+            raise SeedSourceError(f"seed file {source} must be .jsonl or .parquet")
+        return "file"
+    raise SeedSourceError(
+        f"seed source {source!r} is not 'stdlib', an existing directory or .jsonl/.parquet file, "
+        "or 'hf:DATASET'"
+    )
+
+
+def _units(cfg: SeedsConfig, random_seed: int) -> Iterator[_Unit]:
+    kind = source_kind(cfg.source)
+    if kind == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = [
+            p for p in root.rglob("*.py") if not STDLIB_SKIP & set(p.relative_to(root).parts[:-1])
+        ]
+        yield from _file_units(root, files, "stdlib", cfg, random_seed)
+    elif kind == "dir":
+        root = Path(cfg.source).expanduser().resolve()
+        yield from _file_units(root, _dir_files(root, cfg), "dir", cfg, random_seed)
+    elif kind == "file":
+        yield from _row_units(
+            _read_table(Path(cfg.source).expanduser(), cfg), cfg.source, "file", cfg, random_seed
+        )
+    else:
+        yield from _row_units(_hf_rows(cfg), cfg.source[3:], "hf", cfg, random_seed)
+
+
+def _shuffle_key(random_seed: int, name: str) -> str:
+    # Order by a hash of (seed, name): reproducible, and adding one file does not reshuffle the rest.
+    return hashlib.sha256(f"{random_seed}:{name}".encode()).hexdigest()
+
+
+def _dir_files(root: Path, cfg: SeedsConfig) -> list[Path]:
+    """Python files of a directory; in a git checkout, only the files git tracks."""
+    files: list[Path] | None = None
+    if (root / ".git").exists():
+        try:
+            listed = subprocess.run(
+                ["git", "-C", str(root), "ls-files", "-z", "--", "*.py"],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout.decode("utf-8", "surrogateescape")
+            files = [root / name for name in listed.split("\0") if name]
+        except (OSError, subprocess.SubprocessError):
+            files = None
+    if files is None:
+        files = [p for p in root.rglob("*.py") if ".git" not in p.relative_to(root).parts]
+    return [
+        f
+        for f in files
+        if f.is_file()
+        and not any(fnmatch.fnmatch(str(f.relative_to(root)), pat) for pat in cfg.exclude)
+    ]
+
+
+def _file_units(
+    root: Path, files: list[Path], kind: str, cfg: SeedsConfig, random_seed: int
+) -> Iterator[_Unit]:
+    rels = sorted(str(f.relative_to(root)) for f in files)
+    if cfg.max_seeds is not None:
+        rels.sort(key=lambda rel: _shuffle_key(random_seed, rel))
+    for rel in rels:
+        path = root / rel
+        source = SeedSource(kind=kind, location=rel)
+        size = path.stat().st_size
+        data = path.read_bytes() if size <= cfg.max_file_bytes else None
+        yield _Unit(source, data, size)
+
+
+def _read_table(path: Path, cfg: SeedsConfig) -> Iterator[Any]:
+    import datasets
+
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for a malformed file
+        raise SeedSourceError(
+            f"cannot read seed file {path}: {type(exc).__name__}: {exc}"
+        ) from None
+    if cfg.column not in table.column_names:
+        raise SeedSourceError(
+            f"seed file {path} has no column {cfg.column!r} (columns: {', '.join(table.column_names)}); "
+            "set seeds.column"
+        )
+    return iter(table[cfg.column])
+
+
+def _hf_rows(cfg: SeedsConfig) -> Iterator[Any]:
+    import datasets
+
+    name = cfg.source[3:]
+    try:
+        ds = datasets.load_dataset(name, split=cfg.split, streaming=True)
+    except Exception as exc:
+        raise SeedSourceError(
+            f"cannot load Hugging Face dataset {name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    for row in ds:
+        if cfg.column not in row:
+            raise SeedSourceError(
+                f"dataset {name!r} has no column {cfg.column!r} (columns: {', '.join(row)})"
+            )
+        yield row[cfg.column]
+
+
+def _row_units(
+    rows: Iterator[Any], location: str, kind: str, cfg: SeedsConfig, random_seed: int
+) -> Iterator[_Unit]:
+    if cfg.max_seeds is not None and kind == "file":
+        rows_list = list(rows)
+        order = sorted(range(len(rows_list)), key=lambda i: _shuffle_key(random_seed, str(i)))
+        indexed: Iterator[tuple[int, Any]] = ((i, rows_list[i]) for i in order)
+    else:
+        # A streamed hub dataset is read in its own order (shuffling needs the whole dataset).
+        indexed = enumerate(rows)
+    for i, value in indexed:
+        source = SeedSource(kind=kind, location=location, row=i)
+        if value is not None and not isinstance(value, (str, bytes)):
+            value = str(value)
+        size = len(
+            value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value or b""
+        )
+        yield _Unit(source, value if size <= cfg.max_file_bytes else None, size)
+
+
+def _seeds_of_unit(unit: _Unit, cfg: SeedsConfig) -> Iterator[Seed]:
+    def drop(reason: str, detail: str = "", text: str = "", **span: Any) -> Seed:
+        source = unit.source.model_copy(update=span)
+        return Seed(
+            id=_seed_id(source, text),
+            text=text,
+            source=source,
+            drop=Drop(stage=STAGE, reason=reason, detail=detail),
+        )
+
+    if unit.data is None:
+        if unit.size == 0:
+            yield drop("empty", "no text")
+        else:
+            yield drop("too_large", f"{unit.size} bytes > max_file_bytes={cfg.max_file_bytes}")
+        return
+    if isinstance(unit.data, bytes):
+        if b"\0" in unit.data[:8192]:
+            yield drop("binary", "contains NUL bytes")
+            return
+        try:
+            text = unit.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield drop("not_utf8", str(exc))
+            return
+    else:
+        text = unit.data
+    if not text.strip():
+        yield drop("empty", "no text")
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # invalid escape sequences in old code are not our business
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError) as exc:
+        yield drop("syntax_error", f"{type(exc).__name__}: {exc}")
+        return
+
+    lines = text.splitlines()
+    if cfg.unit == "whole":
+        spans = [(1, len(lines), None)]
+    else:
+        spans = [
+            (
+                min([node.lineno, *(d.lineno for d in node.decorator_list)]),
+                node.end_lineno,
+                node.name,
+            )
+            for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        ]
+        if not spans:
+            yield drop("no_definitions", "no top-level function or class")
+            return
+    for start, end, name in spans:
+        snippet = "\n".join(lines[start - 1 : end]).strip("\n")
+        span = {"line_start": start, "line_end": end, "name": name}
+        n_lines = end - start + 1
+        if n_lines < cfg.min_lines:
+            yield drop("too_short", f"{n_lines} lines < min_lines={cfg.min_lines}", snippet, **span)
+        elif n_lines > cfg.max_lines:
+            yield drop("too_long", f"{n_lines} lines > max_lines={cfg.max_lines}", snippet, **span)
+        elif len(snippet) > cfg.max_chars:
+            yield drop(
+                "too_long", f"{len(snippet)} chars > max_chars={cfg.max_chars}", snippet, **span
+            )
+        else:
+            source = unit.source.model_copy(update=span)
+            yield Seed(id=_seed_id(source, snippet), text=snippet, source=source)
+
+
+def _seed_id(source: SeedSource, text: str) -> str:
+    key = f"{source.kind}|{source.location}|{source.row}|{source.line_start}|{text}"
+    return "seed-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _normalized_digest(code: str) -> str:
+    """Equal for snippets that differ only in comments, blank lines and formatting."""
+    try:
+        normal = ast.unparse(ast.parse(code))
+    except (SyntaxError, ValueError):
+        normal = " ".join(code.split())
+    return hashlib.sha256(normal.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def run_seeds(config: Config, *, force: bool = False) -> tuple[RunDir, list[Seed], list[Seed]]:
+    """`scoder seeds`: mine seeds into RUN/seeds/seeds.jsonl and RUN/seeds/rejected.jsonl."""
+    cfg = config.seeds
+    run = RunDir(config.run_dir)
+    kind = source_kind(cfg.source)
+    identity: dict[str, Any] = {
+        "seeds": cfg.model_dump(mode="json"),
+        "random_seed": config.random_seed,
+    }
+    if kind == "stdlib":
+        identity["python"] = platform.python_version()  # the stdlib differs between versions
+    with run.stage(
+        STAGE,
+        config=config.model_dump(mode="json"),
+        fingerprint=fingerprint(identity),
+        random_seed=config.random_seed,
+        force=force,
+    ) as record:
+        kept, dropped = mine_seeds(cfg, config.random_seed)
+        out = run.stage_dir(STAGE)
+        write_jsonl(out / "seeds.jsonl", kept)
+        write_jsonl(out / "rejected.jsonl", dropped)
+        record.counts = {
+            "kept": len(kept),
+            "dropped": len(dropped),
+            "dropped_by_reason": dict(Counter(s.drop.reason for s in dropped if s.drop)),
+        }
+        record.info["source"] = {"kind": kind, "source": cfg.source}
+        if kind == "stdlib":
+            record.info["source"]["python"] = platform.python_version()
+    return run, kept, dropped

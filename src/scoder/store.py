@@ -1,0 +1,260 @@
+"""The run directory: atomic writes, the manifest, and stage bookkeeping.
+
+Every file is written to a temporary name in the same directory, fsynced, then renamed, so a killed
+run leaves either the old file or the new one, never half of one. A stage records a fingerprint of
+everything its output depends on; running it again into the same directory with a different
+fingerprint is refused (outputs of two configs are never mixed) unless the caller forces a fresh
+start of that stage.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from scoder.errors import ScoderError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StoreError(ScoderError):
+    pass
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _as_dict(record: BaseModel | dict) -> dict:
+    return record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+
+
+def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
+    lines = [json.dumps(_as_dict(r), ensure_ascii=False) for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_jsonl(path: str | Path, model: type[T] | None = None) -> list[Any]:
+    """Read a JSONL file; a corrupt or foreign line is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"file not found: {path}")
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                out.append(model.model_validate(obj) if model else obj)
+            except (json.JSONDecodeError, ValidationError) as exc:
+                first = str(exc).splitlines()[0]
+                raise StoreError(f"{path}:{number}: not a valid record ({first})") from None
+    return out
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions that decide what a run produces."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("scoder", "torch", "transformers", "pydantic", "datasets"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the scoder source, when it runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+@dataclass
+class StageRecord:
+    """What a running stage reports into the manifest."""
+
+    name: str
+    counts: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class RunDir:
+    """One run's output directory and its manifest.json."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def stage_dir(self, name: str) -> Path:
+        return self.path / name
+
+    def load_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            return {}
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise StoreError(
+                f"{self.manifest_path} is corrupt ({exc}); move it away to start over"
+            ) from None
+
+    def _save_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.manifest_path, manifest)
+
+    @contextmanager
+    def stage(
+        self,
+        name: str,
+        *,
+        config: dict[str, Any],
+        fingerprint: str,
+        random_seed: int | None,
+        force: bool = False,
+    ) -> Iterator[StageRecord]:
+        """Run a stage: check the fingerprint, record start, end, counts and info.
+
+        `config` is the resolved config of the whole command (stored at the top of the manifest);
+        `fingerprint` covers everything this stage's outputs depend on.
+        """
+        manifest = self.load_manifest()
+        previous = manifest.get("stages", {}).get(name)
+        stage_dir = self.stage_dir(name)
+        if previous and previous.get("fingerprint") != fingerprint and not force:
+            raise StoreError(
+                f"{stage_dir} holds '{name}' output made with a different config, model or "
+                f"input (fingerprint {previous.get('fingerprint')} != {fingerprint}). Use "
+                "another output directory, or --force to discard that output and start the "
+                "stage afresh."
+            )
+        if force and stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        if force or (previous and previous.get("fingerprint") != fingerprint):
+            previous = None
+        stage_dir.mkdir(parents=True, exist_ok=True)
+
+        manifest.setdefault("created_at", now_iso())
+        manifest["environment"] = environment_info()
+        manifest["config"] = config
+        stages = manifest.setdefault("stages", {})
+        started = time.time()
+        entry = {
+            "status": "running",
+            "fingerprint": fingerprint,
+            "random_seed": random_seed,
+            "started_at": now_iso(),
+            "attempts": (previous or {}).get("attempts", 0) + 1,
+        }
+        stages[name] = entry
+        self._save_manifest(manifest)
+
+        record = StageRecord(name)
+        try:
+            yield record
+        except BaseException as exc:
+            entry["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            self._finish(name, entry, record, started)
+            raise
+        entry["status"] = "done"
+        self._finish(name, entry, record, started)
+
+    def _finish(self, name: str, entry: dict, record: StageRecord, started: float) -> None:
+        entry["finished_at"] = now_iso()
+        entry["duration_s"] = round(time.time() - started, 3)
+        entry["counts"] = record.counts
+        entry.update(record.info)
+        manifest = self.load_manifest()
+        manifest.setdefault("stages", {})[name] = entry
+        manifest["updated_at"] = now_iso()
+        self._save_manifest(manifest)

@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny random model with a real (small) tokenizer, built offline in seconds."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% if not (loop.last and message['role'] == 'assistant') %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0) -> Path:
+    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained on a few lines."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|im_end|>", "<|im_start|>", "<|pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "def add(a, b):\n    return a + b\n",
+        "### Problem\nWrite a function.\n### Solution\n```python\nx = 1\n```\n### Tests\nassert x == 1\n",
+        "You are an expert Python teacher. Here is a code snippet for inspiration.",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", bos_token=None
+    )
+    fast.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scoder_cache(tmp_path_factory) -> Path:
+    """The model cache and digest cache of the test session: a fresh one, never the user's."""
+    path = tmp_path_factory.mktemp("scoder-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCODER_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    attempts: list = []
+
+    def refuse(self, address, *args, **kwargs):
+        if isinstance(address, str) or (
+            isinstance(address, tuple)
+            and address
+            and address[0] in ("127.0.0.1", "::1", "localhost")
+        ):
+            return real_connect(self, address, *args, **kwargs)  # local IPC is fine
+        attempts.append(address)
+        raise OSError(f"network access attempted: {address}")
+
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
