@@ -8,6 +8,7 @@ Nothing here touches the network unless a hub id is named.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -192,8 +193,6 @@ def weights_digest(path: str | Path, *, use_cache: bool = True) -> str:
     if use_cache and changed:
         from scoder.store import write_json
 
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing next time
             write_json(cache_file, cache)
-        except OSError:
-            pass  # a read-only cache only costs re-hashing next time
     return "sha256:" + total.hexdigest()

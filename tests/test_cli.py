@@ -1,0 +1,184 @@
+"""The `scoder` command as a user runs it: help, errors without tracebacks, stages, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scoder.records import Candidate
+from scoder.store import read_jsonl
+
+SNIPPETS = "".join(
+    f"def function_{i}(values):\n    total = {i}\n    for v in values:\n        total += v * {i}\n    return total\n\n\n"
+    for i in range(6)
+)
+
+
+def scoder(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoder.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"scoder {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def seeds_dir(tmp_path):
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "funcs.py").write_text(SNIPPETS)
+    return root
+
+
+def test_help_explains_every_command():
+    top = scoder("--help").stdout
+    for command in ("seeds", "synthesize", "demo"):
+        assert command in top
+        sub = scoder(command, "--help").stdout
+        assert "Usage: scoder " + command in " ".join(sub.split())
+        assert "--set" in sub and "--out" in sub
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["seeds", "--set", "seeds.max_line=3"], "seeds.max_line: unknown key"),
+        (["seeds", "--source", "/no/such/place"], "is not 'stdlib', an existing directory"),
+        (["seeds", "--config", "/no/such.yaml"], "config file not found"),
+        (["synthesize", "--seeds", "/no/seeds.jsonl"], "no seeds at /no/seeds.jsonl"),
+    ],
+)
+def test_bad_input_is_one_clear_message(tmp_path, args, message):
+    proc = scoder(*args, "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert message in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path, seeds_dir):
+    out = str(tmp_path / "run")
+    scoder("seeds", "--source", str(seeds_dir), "--out", out)
+    proc = scoder("synthesize", "--out", out, "--model", "./no/such/model", check=False)
+    assert proc.returncode == 2 and "model directory not found: ./no/such/model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_seeds_then_synthesize_on_a_user_directory(tmp_path, seeds_dir, tiny_model_dir):
+    out = tmp_path / "run"
+    scoder("seeds", "--source", str(seeds_dir), "--out", str(out))
+    seeds = [json.loads(line) for line in (out / "seeds" / "seeds.jsonl").read_text().splitlines()]
+    assert len(seeds) == 6
+    scoder(
+        "synthesize",
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--n",
+        "2",
+        "--set",
+        "synthesis.max_new_tokens=16",
+        "--set",
+        "model.device=cpu",
+    )
+    accepted = read_jsonl(out / "synthesize" / "candidates.jsonl", Candidate)
+    rejected = read_jsonl(out / "synthesize" / "rejected.jsonl", Candidate)
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["stages"]["synthesize"]["counts"]
+    assert counts["generated"] == 12 == len(accepted) + len(rejected)
+    assert counts["accepted"] + counts["rejected"] == counts["generated"]
+    assert sum(counts["rejected_by_reason"].values()) == len(rejected)
+    # A random model writes no usable answer: every candidate is kept with a reason.
+    assert all(c.drop and c.drop.stage == "synthesize" and c.drop.reason for c in rejected)
+    assert {(c.seed_id, c.sample_index) for c in accepted + rejected} == {
+        (s["id"], j) for s in seeds for j in range(2)
+    }
+    model = manifest["stages"]["synthesize"]["model"]
+    assert model["digest"].startswith("sha256:") and model["source"] == "local"
+    assert manifest["stages"]["synthesize"]["template"]["digest"].startswith("sha256:")
+    cand = (accepted + rejected)[0]
+    assert cand.model_digest == model["digest"] and cand.sampling["max_new_tokens"] == 16
+    assert cand.raw_output.startswith("### Problem\n")
+
+    # the same run dir with another config is refused, and nothing is lost
+    proc = scoder(
+        "synthesize", "--out", str(out), "--model", str(tiny_model_dir), "--n", "3", check=False
+    )
+    assert proc.returncode == 2 and "different config" in proc.stderr
+    assert len(read_jsonl(out / "synthesize" / "rejected.jsonl")) == len(rejected)
+
+
+def test_synthesize_from_a_jsonl_seed_file(tmp_path, tiny_model_dir):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"content": SNIPPETS}) + "\n")
+    out = str(tmp_path / "run")
+    scoder("seeds", "--source", str(rows), "--out", out, "--max-seeds", "2")
+    scoder(
+        "synthesize",
+        "--out",
+        out,
+        "--model",
+        str(tiny_model_dir),
+        "--set",
+        "synthesis.max_new_tokens=8",
+    )
+    counts = json.loads(Path(out, "manifest.json").read_text())["stages"]["synthesize"]["counts"]
+    assert counts["seeds"] == 2 and counts["generated"] == 2
+
+
+def test_killed_synthesis_resumes_to_the_same_result(tmp_path, seeds_dir, tiny_model_dir):
+    """Kill -9 mid-generation, run again: same candidates as an uninterrupted run, none twice."""
+    settings = [
+        "--model",
+        str(tiny_model_dir),
+        "--set",
+        "synthesis.chunk_size=1",
+        "--set",
+        "synthesis.max_new_tokens=96",
+        "--set",
+        "synthesis.temperature=1.0",
+    ]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for out in (full, killed):
+        scoder("seeds", "--source", str(seeds_dir), "--out", str(out))
+    scoder("synthesize", "--out", str(full), *settings)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoder.cli", "synthesize", "--out", str(killed), *settings],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    parts = killed / "synthesize" / "parts"
+    deadline = time.time() + 300
+    while (
+        time.time() < deadline and proc.poll() is None and len(list(parts.glob("part-*.jsonl"))) < 2
+    ):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(parts.glob("part-*.jsonl")))
+    assert 0 < done_before < 6, "the kill should land mid-run"
+
+    scoder("synthesize", "--out", str(killed), *settings)
+    manifest = json.loads((killed / "manifest.json").read_text())["stages"]["synthesize"]
+    assert manifest["counts"]["resumed_chunks"] == done_before
+    assert manifest["attempts"] == 2
+    for name in ("candidates.jsonl", "rejected.jsonl"):
+        a = [c.model_dump() for c in read_jsonl(full / "synthesize" / name, Candidate)]
+        b = [c.model_dump() for c in read_jsonl(killed / "synthesize" / name, Candidate)]
+        assert a == b

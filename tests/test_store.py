@@ -1,0 +1,93 @@
+"""Atomic writes, the manifest, and refusing to mix outputs of different configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scoder.store import RunDir, StoreError, atomic_write_text, read_jsonl, write_jsonl
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp_files(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"a": 1}])
+
+    def records():
+        yield {"a": 2}
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, records())
+    assert read_jsonl(path) == [{"a": 1}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_killed_writer_never_leaves_a_half_file(tmp_path):
+    """SIGKILL a process that keeps rewriting a big file: every version read back is whole."""
+    path = tmp_path / "big.json"
+    script = (
+        "import json, sys\n"
+        "from scoder.store import atomic_write_text\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        f"    atomic_write_text({str(path)!r}, json.dumps({{'i': i, 'pad': 'x' * 4_000_000}}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    data = json.loads(path.read_text())
+    assert data["i"] >= 1 and len(data["pad"]) == 4_000_000
+
+
+def test_corrupt_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(StoreError, match=r"x.jsonl:2: not a valid record"):
+        read_jsonl(path)
+
+
+def test_stage_records_manifest_and_refuses_a_different_config(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.stage("seeds", config={"a": 1}, fingerprint="fp1", random_seed=3) as rec:
+        atomic_write_text(run.stage_dir("seeds") / "seeds.jsonl", "")
+        rec.counts = {"kept": 0}
+    manifest = run.load_manifest()
+    entry = manifest["stages"]["seeds"]
+    assert (
+        entry["status"] == "done" and entry["random_seed"] == 3 and entry["counts"] == {"kept": 0}
+    )
+    assert entry["started_at"] <= entry["finished_at"]
+    assert manifest["environment"]["versions"]["scoder"]
+    assert manifest["config"] == {"a": 1}
+
+    with (
+        pytest.raises(StoreError, match="different config"),
+        run.stage("seeds", config={}, fingerprint="fp2", random_seed=3),
+    ):
+        pass
+    assert (run.stage_dir("seeds") / "seeds.jsonl").exists()  # refused: nothing discarded
+
+    with run.stage("seeds", config={}, fingerprint="fp2", random_seed=3, force=True):
+        assert not (run.stage_dir("seeds") / "seeds.jsonl").exists()
+    assert run.load_manifest()["stages"]["seeds"]["fingerprint"] == "fp2"
+
+
+def test_failed_stage_is_recorded(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(ValueError), run.stage("x", config={}, fingerprint="f", random_seed=0):
+        raise ValueError("boom")
+    entry = run.load_manifest()["stages"]["x"]
+    assert entry["status"] == "failed" and "boom" in entry["error"]
