@@ -88,3 +88,36 @@ def test_describe_names_model_and_digest(backend, tiny_model_dir):
     assert info["source"] == "local"
     assert info["digest"].startswith("sha256:") and len(info["digest"]) == 7 + 64
     assert info["device"] == "cpu" and info["dtype"] == "float32" and info["batch_size"] == 4
+
+
+def _plain_generate(backend, chat, max_new_tokens):
+    """transformers' own generate on one unpadded prompt: the reference."""
+    ids = backend.encode([chat])[0]
+    out = backend.model.generate(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=backend.tokenizer.pad_token_id,
+        eos_token_id=backend.eos_ids,
+    )
+    return out[0, len(ids) :].tolist()
+
+
+def test_shared_template_prefix_gives_the_same_tokens_as_plain_generate(backend):
+    """Prompts built from one template share a long prefix, computed once: results must not move."""
+    from scoder.templates import OSS_INSTRUCT_V1
+
+    snippets = [
+        "def f(x):\n    return x + 1",
+        "class A:\n    pass",
+        "def g():\n    y = [1, 2, 3]\n    return sum(y) * 2",
+    ]
+    chats = [OSS_INSTRUCT_V1.chat(s) for s in snippets]
+    assert backend._shared_prefix(backend.encode(chats))[0] > 100
+    out = backend.generate(chats, n=2, params=SamplingParams(temperature=0.0, max_new_tokens=12))
+    for chat, completions in zip(chats, out):
+        expected = backend.tokenizer.decode(
+            _plain_generate(backend, chat, 12), skip_special_tokens=True
+        )
+        assert [c.text for c in completions] == [expected, expected]
