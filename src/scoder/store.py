@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +99,29 @@ def read_jsonl(path: str | Path, model: type[T] | None = None) -> list[Any]:
                 first = str(exc).splitlines()[0]
                 raise StoreError(f"{path}:{number}: not a valid record ({first})") from None
     return out
+
+
+def resumable_chunks(
+    items: Sequence[Any],
+    chunk_size: int,
+    parts_dir: Path,
+    record_type: type[T],
+    produce: Callable[[int, Sequence[Any]], list[T]],
+) -> Iterator[tuple[Sequence[Any], list[T], bool]]:
+    """Process items chunk by chunk, saving each chunk's records as it finishes.
+
+    A chunk whose part file exists is read back instead of produced again, so a killed stage
+    resumes after its last finished chunk. Yields (chunk, records, resumed).
+    """
+    for start in range(0, len(items), chunk_size):
+        chunk = items[start : start + chunk_size]
+        part = parts_dir / f"part-{start // chunk_size:05d}.jsonl"
+        if part.is_file():
+            yield chunk, read_jsonl(part, record_type), True
+        else:
+            records = produce(start // chunk_size, chunk)
+            write_jsonl(part, records)
+            yield chunk, records, False
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

@@ -12,6 +12,7 @@ import ast
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from scoder.config import Config, SynthesisConfig, fingerprint
 from scoder.errors import ScoderError
 from scoder.models.base import Completion, GenerationBackend, SamplingParams
 from scoder.records import Candidate, Drop, Seed
-from scoder.store import RunDir, StoreError, file_digest, read_jsonl, write_jsonl
+from scoder.store import RunDir, StoreError, file_digest, read_jsonl, resumable_chunks, write_jsonl
 from scoder.templates import SYNTHESIS_TEMPLATES, SynthesisTemplate
 
 STAGE = "synthesize"
@@ -162,31 +163,34 @@ def synthesize(
     template = SYNTHESIS_TEMPLATES[cfg.template]
     model = backend.describe()
     result = SynthesisResult()
-    for index in range(0, len(seeds), cfg.chunk_size):
-        chunk = seeds[index : index + cfg.chunk_size]
-        part = parts_dir / f"part-{index // cfg.chunk_size:05d}.jsonl"
-        if part.is_file():
-            candidates = read_jsonl(part, Candidate)
+
+    def produce(number: int, chunk: Sequence[Seed]) -> list[Candidate]:
+        params = SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=random_seed * 100_003 + number * cfg.chunk_size,
+        )
+        started = time.perf_counter()
+        outputs = backend.generate([template.chat(s.text) for s in chunk], cfg.n, params)
+        result.generation_seconds += time.perf_counter() - started
+        candidates = [
+            make_candidate(seed, completion, j, template, model, params, round, checkpoint)
+            for seed, completions in zip(chunk, outputs)
+            for j, completion in enumerate(completions)
+        ]
+        result.generated_tokens += sum(c.completion_tokens for c in candidates)
+        return candidates
+
+    for chunk, candidates, resumed in resumable_chunks(
+        seeds, cfg.chunk_size, parts_dir, Candidate, produce
+    ):
+        if resumed:
             if {c.seed_id for c in candidates} != {s.id for s in chunk}:
-                raise StoreError(f"{part} was made from other seeds; rerun with --force")
+                raise StoreError(
+                    f"{parts_dir} holds chunks made from other seeds; rerun with --force"
+                )
             result.resumed_chunks += 1
-        else:
-            params = SamplingParams(
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens,
-                seed=random_seed * 100_003 + index,
-            )
-            started = time.perf_counter()
-            outputs = backend.generate([template.chat(s.text) for s in chunk], cfg.n, params)
-            result.generation_seconds += time.perf_counter() - started
-            candidates = [
-                make_candidate(seed, completion, j, template, model, params, round, checkpoint)
-                for seed, completions in zip(chunk, outputs)
-                for j, completion in enumerate(completions)
-            ]
-            result.generated_tokens += sum(c.completion_tokens for c in candidates)
-            write_jsonl(part, candidates)
         for c in candidates:
             (result.accepted if c.drop is None else result.rejected).append(c)
     return result
