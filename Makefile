@@ -9,6 +9,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
+	# bubblewrap gives the code sandbox its strongest isolation; without it scoder falls back to
+	# weaker isolation (and records which it used).
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: could not install bubblewrap"; \
+	  else echo "note: bubblewrap (bwrap) not found; install it for the strongest sandbox"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	# The CPU build of torch, pinned here only (pyproject says torch>=2.4): an unpinned torch

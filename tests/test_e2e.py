@@ -77,6 +77,24 @@ def test_demo_on_the_embedded_model(tmp_path):
         assert cand.drop.reason
     assert stage["throughput"]["tokens_per_second"] > 0
 
+    # score: every parsed candidate executed in the sandbox and judged; one kept per seed at most
+    score = manifest["stages"]["score"]
+    scored = read_jsonl(out / "score" / "scored.jsonl", Candidate)
+    selected = read_jsonl(out / "score" / "selected.jsonl", Candidate)
+    dropped = read_jsonl(out / "score" / "rejected.jsonl", Candidate)
+    assert {c.id for c in scored} == {c.id for c in accepted}
+    assert len(selected) + len(dropped) == len(scored) == score["counts"]["candidates"]
+    assert len({c.seed_id for c in selected}) == len(selected)
+    for cand in scored:
+        assert cand.execution.status in ("passed", "failed", "error", "timeout", "memory", "killed")
+        assert cand.execution.isolation == score["sandbox"]["isolation_used"]
+        assert cand.judge.attempts in (1, 2)
+        assert (cand.score is None) == (cand.judge.scores is None)
+        if cand.judge.scores is None:
+            assert cand.judge.reason
+    assert score["template"]["digest"].startswith("sha256:") and "calibration" in score
+    assert "judge calibration" in proc.stdout
+
 
 def test_embedded_model_loads_from_cache_without_network(no_network):
     from scoder.models import SamplingParams

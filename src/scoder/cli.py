@@ -101,7 +101,9 @@ def seeds(
     cfg = _config(config, set_, out, extra)
     run, kept, dropped = run_seeds(cfg, force=force)
     _print_stage_summary(run, "seeds")
-    console.print(f"seeds: [bold]{run.stage_dir('seeds') / 'seeds.jsonl'}[/]")
+    console.print(
+        f"seeds: {run.stage_dir('seeds') / 'seeds.jsonl'}", soft_wrap=True, highlight=False
+    )
 
 
 @app.command()
@@ -134,12 +136,46 @@ def synthesize(
 
 @app.command()
 @friendly_errors
+def score(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option(help="Candidates JSONL (default: RUN/synthesize/candidates.jsonl)."),
+    ] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Judge model: hub id or local directory (default: embedded).")
+    ] = None,
+    fit_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--fit-weights",
+            help="Fit aspect weights to LABELS.jsonl ({candidate_id, label} or {preferred, "
+            "rejected} rows), or to 'execution' (each candidate's pass rate).",
+        ),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Execute each candidate's tests, judge it on Z aspects, keep the best per seed (RUN/score/)."""
+    from scoder.score import run_score
+
+    extra = [f"score.judge.name={judge}"] if judge else []
+    cfg = _config(config, set_, out, extra)
+    run, result = run_score(cfg, candidates, fit_labels=fit_weights, force=force)
+    _print_stage_summary(run, "score")
+    _print_score_summary(result.summary)
+
+
+@app.command()
+@friendly_errors
 def demo(
     set_: SetOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Run seeds -> synthesize on the embedded model with the demo config, offline."""
+    """Run seeds -> synthesize -> score on the embedded model with the demo config, offline."""
+    from scoder.score import run_score
     from scoder.seeds import run_seeds
     from scoder.synthesize import run_synthesize
 
@@ -153,12 +189,23 @@ def demo(
     run, result = run_synthesize(cfg, force=force)
     _print_examples(result.accepted)
     _print_stage_summary(run, "synthesize")
-    out_dir = run.stage_dir("synthesize")
-    console.print(
-        f"\noutputs: [bold]{out_dir / 'candidates.jsonl'}[/] (accepted), "
-        f"[bold]{out_dir / 'rejected.jsonl'}[/] (with reasons), "
-        f"[bold]{run.manifest_path}[/]"
-    )
+    if not result.accepted:
+        console.print("[yellow]no candidate survived parsing: nothing to score[/]")
+        return
+    run, scored = run_score(cfg, force=force)
+    _print_stage_summary(run, "score")
+    _print_score_summary(scored.summary)
+    synth, score_dir = run.stage_dir("synthesize"), run.stage_dir("score")
+    console.print("\n[bold]outputs[/]")
+    for what, path in (
+        ("parsed candidates", synth / "candidates.jsonl"),
+        ("rejected (with reasons)", synth / "rejected.jsonl"),
+        ("best per seed", score_dir / "selected.jsonl"),
+        ("execution + judge", score_dir / "scored.jsonl"),
+        ("manifest", run.manifest_path),
+    ):
+        # soft_wrap: a path must stay on one line to be copied
+        console.print(f"  {what:<24} {path}", soft_wrap=True, highlight=False)
 
 
 def _print_stage_summary(run: Any, stage: str) -> None:
@@ -179,6 +226,42 @@ def _print_stage_summary(run: Any, stage: str) -> None:
             f"= {throughput['tokens_per_second']:.1f} tokens/s",
         )
     console.print(table)
+
+
+def _print_score_summary(summary: dict) -> None:
+    calib = summary.get("calibration", {})
+    table = Table(title="judge calibration against execution (AUC: 0.5 = no signal)")
+    table.add_column("aspect")
+    table.add_column("mean score")
+    table.add_column("AUC")
+    table.add_column("point-biserial r")
+    means = summary.get("mean_aspect_scores", {})
+    for name in [*means, "score"]:
+        entry = calib.get(name, {})
+        table.add_row(
+            name,
+            str(means.get(name, "")),
+            str(entry.get("auc", "-")),
+            str(entry.get("point_biserial", "-")),
+        )
+    console.print(table)
+    if "note" in calib:
+        console.print(
+            f"calibration: {calib['note']} ({calib['n']} scored, {calib['passed']} passed)"
+        )
+    weights = summary.get("weights", {})
+    console.print(
+        "weights ("
+        + str(weights.get("source"))
+        + "): "
+        + ", ".join(f"{k}={v:.3f}" for k, v in weights.get("weights", {}).items())
+    )
+    if "heldout_agreement" in weights:
+        console.print(
+            f"fit on {weights['n']} {weights['kind']} labels: held-out agreement "
+            f"{weights['heldout_agreement']:.3f} (equal weights: "
+            f"{weights['equal_weights_heldout_agreement']:.3f})"
+        )
 
 
 def _print_examples(accepted: list, limit: int = 2) -> None:

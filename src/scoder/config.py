@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scoder.errors import ScoderError
 
@@ -107,6 +107,90 @@ class SynthesisConfig(_Section):
         return value
 
 
+class SandboxConfig(_Section):
+    """Limits for executing model-written code (see scoder.sandbox)."""
+
+    isolation: Literal["auto", "bwrap", "unshare", "rlimits"] = Field(
+        default="auto", description="auto = the strongest mechanism that works on this machine."
+    )
+    timeout_s: float = Field(default=10.0, gt=0)
+    memory_mb: int = Field(default=1024, ge=64)
+    workers: int | None = Field(
+        default=None, ge=1, description="Parallel programs; default: cores."
+    )
+
+
+class Aspect(_Section):
+    """One thing the judge rates, 0-9."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+
+
+DEFAULT_ASPECTS = [
+    Aspect(name="consistency", description="the solution solves exactly the problem as stated"),
+    Aspect(name="correctness", description="the solution and its tests are correct Python"),
+    Aspect(name="clarity", description="the problem is clear and self-contained"),
+    Aspect(name="relevance", description="the problem is related to the seed snippet"),
+    Aspect(name="difficulty", description="the problem is challenging and teaches something"),
+]
+
+
+class ScoreConfig(_Section):
+    """Verification by execution, multi-aspect judging, weights, best candidate per seed."""
+
+    judge: ModelConfig = Field(
+        default_factory=ModelConfig, description="The judge model (default: the embedded model)."
+    )
+    template: str = "judge-v1"
+    aspects: list[Aspect] = Field(default_factory=lambda: list(DEFAULT_ASPECTS), min_length=1)
+    weights: dict[str, float] | None = Field(
+        default=None, description="Aspect -> weight (>= 0); none = equal weights."
+    )
+    weights_file: Path | None = Field(
+        default=None, description="weights.json written by `scoder score --fit-weights`."
+    )
+    max_new_tokens: int = Field(default=64, ge=8)
+    retry_temperature: float = Field(
+        default=0.7, ge=0.0, description="The one retry of an unparsable judgement samples."
+    )
+    chunk_size: int = Field(default=64, ge=1)
+    require_pass: bool = Field(
+        default=False, description="Select only candidates whose solution passed its own tests."
+    )
+    min_score: float | None = Field(default=None, description="Select only scores >= this.")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        from scoder.templates import JUDGE_TEMPLATES
+
+        if value not in JUDGE_TEMPLATES:
+            raise ValueError(f"unknown template {value!r}; allowed: {sorted(JUDGE_TEMPLATES)}")
+        return value
+
+    @field_validator("aspects")
+    @classmethod
+    def _unique_aspects(cls, value: list[Aspect]) -> list[Aspect]:
+        names = [a.name for a in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"aspect names must be unique (got {names})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ScoreConfig:
+        if self.weights is not None:
+            names = {a.name for a in self.aspects}
+            if set(self.weights) != names:
+                raise ValueError(
+                    f"weights must name exactly the aspects {sorted(names)} (got {sorted(self.weights)})"
+                )
+            if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
+                raise ValueError("weights must be >= 0 and not all 0")
+        return self
+
+
 class Config(_Section):
     """One run of scoder."""
 
@@ -115,6 +199,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
 
 def fingerprint(data: Any) -> str:

@@ -43,6 +43,33 @@ class Seed(_Record):
     drop: Drop | None = None
 
 
+class Execution(_Record):
+    """The solution run against its own tests in the sandbox."""
+
+    status: str  # passed / failed / error / timeout / memory / killed
+    tests_total: int
+    tests_passed: int
+    pass_rate: float
+    wall_s: float
+    isolation: str
+    detail: str = ""
+    stderr: str = ""
+    vacuous: str | None = None  # why the tests prove nothing (then a pass is not trusted)
+
+    @property
+    def trusted_pass(self) -> bool:
+        return self.status == "passed" and self.vacuous is None
+
+
+class Judgement(_Record):
+    """A judge's integer scores per aspect, or why there are none."""
+
+    scores: dict[str, int] | None = None
+    reason: str | None = None  # why unscored, after the retry
+    attempts: int = 1
+    raw: list[str] = []
+
+
 class Candidate(_Record):
     """One synthesis sample: seed snippet -> (problem, solution, tests), with its provenance."""
 
@@ -65,4 +92,8 @@ class Candidate(_Record):
     problem: str | None = None
     solution: str | None = None
     tests: str | None = None
+    # filled by the score stage
+    execution: Execution | None = None
+    judge: Judgement | None = None
+    score: float | None = None
     drop: Drop | None = None

@@ -92,3 +92,93 @@ assert clamp_list([-3, 3], -1, 1) == [-1, 1]
 )
 
 SYNTHESIS_TEMPLATES: dict[str, SynthesisTemplate] = {t.id: t for t in (OSS_INSTRUCT_V1,)}
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """Judge prompt: a candidate in, one integer 0-9 per aspect out, as a JSON object.
+
+    The example shows a weak candidate with varied scores so a small judge does not learn to copy
+    one number; `chat` starts the answer with `{"<first aspect>": ` so the JSON is never missing.
+    """
+
+    id: str
+    system: str
+    user: str
+    example_problem: str
+    example_solution: str
+    example_tests: str
+    example_seed: str
+    example_scores: tuple[int, ...]
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+    def chat(
+        self, aspects: list[tuple[str, str]], problem: str, solution: str, tests: str, seed: str
+    ) -> Chat:
+        listing = "\n".join(f"- {name}: {description}" for name, description in aspects)
+        example_scores = {
+            name: self.example_scores[i % len(self.example_scores)]
+            for i, (name, _) in enumerate(aspects)
+        }
+        example_answer = json.dumps(example_scores)
+        first = aspects[0][0]
+        return [
+            {"role": "system", "content": self.system},
+            {
+                "role": "user",
+                "content": self.user.format(
+                    aspects=listing,
+                    problem=self.example_problem,
+                    solution=self.example_solution,
+                    tests=self.example_tests,
+                    seed=self.example_seed,
+                ),
+            },
+            {"role": "assistant", "content": example_answer},
+            {
+                "role": "user",
+                "content": self.user.format(
+                    aspects=listing, problem=problem, solution=solution, tests=tests, seed=seed
+                ),
+            },
+            {"role": "assistant", "content": "{" + json.dumps(first) + ": "},
+        ]
+
+
+JUDGE_V1 = JudgeTemplate(
+    id="judge-v1",
+    system="You are a strict reviewer of Python programming exercises. You answer with JSON only.",
+    user="""Rate this programming exercise. Give each aspect an integer from 0 (very bad) to 9 (excellent):
+{aspects}
+
+Seed snippet that inspired it:
+```python
+{seed}
+```
+
+Problem:
+{problem}
+
+Solution:
+```python
+{solution}
+```
+
+Tests:
+```python
+{tests}
+```
+
+Answer with one JSON object mapping each aspect name to its integer score.""",
+    example_problem="Write a function `count_vowels(s)` that returns the number of vowels in `s`.",
+    example_solution="def count_vowels(s):\n    return len(s)",
+    example_tests='assert count_vowels("abc") == 3',
+    example_seed="def is_vowel(ch):\n    return ch.lower() in 'aeiou'",
+    example_scores=(2, 3, 8, 7, 4),
+)
+
+JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {t.id: t for t in (JUDGE_V1,)}

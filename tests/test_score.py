@@ -1,0 +1,354 @@
+"""Verification, judge parsing, weights, best-per-seed selection and calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scoder.config import ScoreConfig, load_config
+from scoder.models import resolve_model
+from scoder.models.hf import TransformersBackend
+from scoder.records import Candidate, Execution, Judgement, SeedSource
+from scoder.score import (
+    calibration,
+    combined_score,
+    equal_weights,
+    fit_weights,
+    judge,
+    parse_judgement,
+    run_score,
+    select_best,
+    vacuous_tests,
+)
+
+ASPECTS = ["consistency", "correctness", "clarity", "relevance", "difficulty"]
+
+
+@pytest.mark.parametrize(
+    ("solution", "tests", "reason"),
+    [
+        ("def f(x):\n    return x", "assert f(1) == 1", None),
+        ("def f(x):\n    return x", "def test():\n    assert f(1) == 1\ntest()", None),
+        ("def f(x):\n    return x", "print(f(1))", "no assert statement"),
+        (
+            "def f(x):\n    return x",
+            "assert True\nassert 1 == 1",
+            "every assert is constant (e.g. assert True)",
+        ),
+        (
+            "def f(x):\n    return x",
+            "x = 3\nassert x == 3",
+            "no assert uses a name the solution defines",
+        ),
+        ("def f(x):\n    return x", "assert f(", "tests do not parse"),
+        ("VALUE = 3", "assert VALUE == 3", None),
+    ],
+)
+def test_vacuous_tests(solution, tests, reason):
+    assert vacuous_tests(solution, tests) == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            '{"consistency": 7, "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3}',
+            None,
+        ),
+        (
+            'Sure! {"consistency": 7, "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3, "extra": 1} bye',
+            None,
+        ),
+        ("no json here", "malformed_json"),
+        ('{"consistency": 7, "correctness": ', "malformed_json"),
+        ("[1, 2, 3]", "malformed_json"),
+        ('{"consistency": 7, "correctness": 6}', "missing_aspects"),
+        (
+            '{"consistency": 7.5, "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3}',
+            "non_integer",
+        ),
+        (
+            '{"consistency": "7", "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3}',
+            "non_integer",
+        ),
+        (
+            '{"consistency": true, "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3}',
+            "non_integer",
+        ),
+        (
+            '{"consistency": 12, "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3}',
+            "out_of_range",
+        ),
+        (
+            '{"consistency": -1, "correctness": 6, "clarity": 5, "relevance": 4, "difficulty": 3}',
+            "out_of_range",
+        ),
+    ],
+)
+def test_parse_judgement(text, reason):
+    scores, why = parse_judgement(text, ASPECTS)
+    if reason is None:
+        assert why is None and scores == dict(zip(ASPECTS, [7, 6, 5, 4, 3]))
+    else:
+        assert scores is None and why.startswith(reason)
+
+
+def candidate(
+    cid,
+    seed_id,
+    scores=None,
+    status="passed",
+    pass_rate=1.0,
+    vacuous=None,
+    checkpoint="base",
+    reason=None,
+):
+    return Candidate(
+        id=cid,
+        seed_id=seed_id,
+        seed_text="def f(): pass",
+        seed_source=SeedSource(kind="dir", location="x.py"),
+        checkpoint=checkpoint,
+        model="m",
+        model_digest="sha256:0",
+        template="t",
+        template_digest="sha256:1",
+        sampling={},
+        raw_output="",
+        prompt_tokens=1,
+        completion_tokens=1,
+        finish_reason="stop",
+        problem="p",
+        solution="def f(): pass",
+        tests="assert f() is None",
+        execution=Execution(
+            status=status,
+            tests_total=2,
+            tests_passed=int(2 * pass_rate),
+            pass_rate=pass_rate,
+            wall_s=0.1,
+            isolation="bwrap",
+            vacuous=vacuous,
+        ),
+        judge=Judgement(scores=scores, reason=reason),
+    )
+
+
+def scored(cands, weights):
+    return [c.model_copy(update={"score": combined_score(c, weights)}) for c in cands]
+
+
+def test_select_best_per_seed_with_reasons_and_deterministic_ties():
+    cfg = ScoreConfig()
+    w = equal_weights(cfg)
+    high, low = dict.fromkeys(ASPECTS, 8), dict.fromkeys(ASPECTS, 3)
+    cands = scored(
+        [
+            candidate("a1", "A", high, pass_rate=0.5),
+            candidate("a2", "A", high, pass_rate=1.0),  # same score, higher pass rate wins
+            candidate("a3", "A", low),
+            candidate("b2", "B", high),
+            candidate("b1", "B", high),  # full tie: the smaller id wins
+            candidate("c1", "C", None, reason="malformed_json: x"),
+        ],
+        w,
+    )
+    selected, rejected = select_best(cands, w, cfg)
+    assert [c.id for c in selected] == ["a2", "b1"]
+    reasons = {c.id: c.drop.reason for c in rejected}
+    assert reasons == {
+        "a1": "not_best_for_seed",
+        "a3": "not_best_for_seed",
+        "b2": "not_best_for_seed",
+        "c1": "unscored",
+    }
+    assert next(c for c in rejected if c.id == "c1").drop.detail == "malformed_json: x"
+    # the same input in another order gives the same choice
+    again, _ = select_best(list(reversed(cands)), w, cfg)
+    assert [c.id for c in again] == ["a2", "b1"]
+
+
+def test_require_pass_and_min_score():
+    cfg = ScoreConfig(require_pass=True, min_score=5.0)
+    w = equal_weights(cfg)
+    high, low = dict.fromkeys(ASPECTS, 8), dict.fromkeys(ASPECTS, 3)
+    cands = scored(
+        [
+            candidate("a1", "A", high, status="failed", pass_rate=0.5),
+            candidate("a2", "A", high, vacuous="every assert is constant (e.g. assert True)"),
+            candidate("a3", "A", low),
+            candidate("b1", "B", high),
+        ],
+        w,
+    )
+    selected, rejected = select_best(cands, w, cfg)
+    assert [c.id for c in selected] == ["b1"]
+    reasons = {c.id: (c.drop.reason, c.drop.detail) for c in rejected}
+    assert reasons["a1"] == ("execution_failed", "failed")
+    assert reasons["a2"] == ("execution_failed", "every assert is constant (e.g. assert True)")
+    assert reasons["a3"][0] == "below_min_score"
+
+
+def _synthetic(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    true_w = np.array([0.7, 0.3, 0.0, 0.0, 0.0])
+    cands, labels = [], []
+    for i in range(n):
+        x = rng.integers(0, 10, size=5)
+        cands.append(candidate(f"c{i:03d}", f"s{i // 4}", dict(zip(ASPECTS, map(int, x)))))
+        labels.append(float(x @ true_w + rng.normal(0, 0.3)))
+    return cands, labels
+
+
+def test_fit_quality_weights_recovers_the_signal(tmp_path):
+    cands, labels = _synthetic()
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"candidate_id": c.id, "label": y}) + "\n" for c, y in zip(cands, labels)
+        )
+    )
+    info = fit_weights(cands, path, ASPECTS)
+    w = info["weights"]
+    assert info["kind"] == "quality" and info["n"] == 120
+    assert w["consistency"] > w["correctness"] > max(w["clarity"], w["relevance"], w["difficulty"])
+    assert all(v >= 0 for v in w.values()) and abs(sum(w.values()) - 1) < 1e-9
+    assert info["heldout_agreement"] > info["equal_weights_heldout_agreement"]
+    assert info["heldout_agreement"] > 0.85
+
+
+def test_fit_pairwise_weights(tmp_path):
+    cands, labels = _synthetic(seed=1)
+    rows = []
+    for a, ya, b, yb in zip(cands[::2], labels[::2], cands[1::2], labels[1::2]):
+        rows.append(
+            {"preferred": a.id, "rejected": b.id}
+            if ya > yb
+            else {"preferred": b.id, "rejected": a.id}
+        )
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = fit_weights(cands, path, ASPECTS)
+    assert info["kind"] == "pairwise" and info["n"] == 60
+    assert max(info["weights"], key=info["weights"].get) == "consistency"
+    assert info["heldout_agreement"] >= info["equal_weights_heldout_agreement"]
+
+
+def test_calibration_finds_the_aspect_that_predicts_execution():
+    rng = np.random.default_rng(0)
+    cands = []
+    for i in range(60):
+        passed = i % 2 == 0
+        scores = {
+            "consistency": 8 if passed else 2,
+            "correctness": int(rng.integers(0, 10)),
+            "clarity": 5,
+            "relevance": 5,
+            "difficulty": 5,
+        }
+        cands.append(
+            candidate(
+                f"c{i}",
+                f"s{i}",
+                scores,
+                status="passed" if passed else "failed",
+                pass_rate=1.0 if passed else 0.0,
+            )
+        )
+    cal = calibration(scored(cands, equal_weights(ScoreConfig())), ASPECTS)
+    assert cal["n"] == 60 and cal["passed"] == 30
+    assert cal["consistency"]["auc"] == 1.0 and cal["consistency"]["point_biserial"] > 0.99
+    assert 0.25 < cal["correctness"]["auc"] < 0.75
+    assert cal["clarity"]["point_biserial"] is None  # constant: no signal, not a number
+
+
+def test_unusable_judge_answers_are_retried_once_then_unscored(tiny_model_dir):
+    """A random model never writes the JSON: every candidate ends unscored, with a reason."""
+    backend = TransformersBackend(resolve_model(str(tiny_model_dir)), device="cpu", batch_size=8)
+    cands = [candidate(f"c{i}", "s", None) for i in range(3)]
+    judgements = judge(cands, backend, ScoreConfig(max_new_tokens=8))
+    for j in judgements:
+        assert j.scores is None and j.attempts == 2 and len(j.raw) == 2
+        assert j.reason.split(":")[0] in {
+            "malformed_json",
+            "missing_aspects",
+            "non_integer",
+            "out_of_range",
+        }
+        assert all(raw.startswith('{"consistency": ') for raw in j.raw)
+
+
+def test_run_score_executes_and_records_everything(tmp_path, tiny_model_dir):
+    """The stage on a hand-made candidates file: real sandbox, a (useless) real judge."""
+    rows = [
+        candidate("good", "A", None).model_copy(
+            update={
+                "solution": "def add(a, b):\n    return a + b",
+                "tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0",
+                "execution": None,
+                "judge": None,
+            }
+        ),
+        candidate("wrong", "A", None).model_copy(
+            update={
+                "solution": "def add(a, b):\n    return a - b",
+                "tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0",
+                "execution": None,
+                "judge": None,
+            }
+        ),
+        candidate("vacuous", "B", None).model_copy(
+            update={
+                "solution": "def f():\n    return 1",
+                "tests": "assert True",
+                "execution": None,
+                "judge": None,
+            }
+        ),
+        candidate("loop", "B", None).model_copy(
+            update={
+                "solution": "def f():\n    while True: pass",
+                "tests": "assert f() == 1",
+                "execution": None,
+                "judge": None,
+            }
+        ),
+    ]
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    cfg = load_config(
+        None,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"score.judge.name={tiny_model_dir}",
+            "score.judge.device=cpu",
+            "score.max_new_tokens=8",
+            "score.sandbox.timeout_s=2",
+        ],
+    )
+    run, result = run_score(cfg, path)
+    by_id = {c.id: c for c in result.scored}
+    assert by_id["good"].execution.status == "passed" and by_id["good"].execution.tests_passed == 2
+    assert (
+        by_id["wrong"].execution.status == "failed" and by_id["wrong"].execution.tests_passed == 1
+    )
+    assert by_id["vacuous"].execution.vacuous and not by_id["vacuous"].execution.trusted_pass
+    assert by_id["loop"].execution.status == "timeout"
+    assert all(c.score is None and c.judge.attempts == 2 for c in result.scored)
+    assert result.selected == [] and {c.drop.reason for c in result.rejected} == {"unscored"}
+    manifest = run.load_manifest()["stages"]["score"]
+    assert manifest["counts"]["candidates"] == 4 and manifest["counts"]["executed_passed"] == 1
+    assert manifest["sandbox"]["isolation_used"] in ("bwrap", "unshare", "rlimits")
+    assert manifest["judge"]["source"] == "local" and manifest["template"]["digest"].startswith(
+        "sha256:"
+    )
+    for name in (
+        "scored.jsonl",
+        "selected.jsonl",
+        "rejected.jsonl",
+        "weights.json",
+        "summary.json",
+    ):
+        assert (run.stage_dir("score") / name).is_file()
