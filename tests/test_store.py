@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from scoder.config import load_config
 from scoder.store import RunDir, StoreError, atomic_write_text, read_jsonl, write_jsonl
 
 
@@ -61,7 +62,8 @@ def test_corrupt_jsonl_line_is_named(tmp_path):
 
 def test_stage_records_manifest_and_refuses_a_different_config(tmp_path):
     run = RunDir(tmp_path / "run")
-    with run.stage("seeds", config={"a": 1}, fingerprint="fp1", random_seed=3) as rec:
+    config = load_config(None, ["random_seed=3", "synthesis.n=2"])
+    with run.stage("seeds", config=config, fingerprint="fp1") as rec:
         atomic_write_text(run.stage_dir("seeds") / "seeds.jsonl", "")
         rec.counts = {"kept": 0}
     manifest = run.load_manifest()
@@ -71,23 +73,23 @@ def test_stage_records_manifest_and_refuses_a_different_config(tmp_path):
     )
     assert entry["started_at"] <= entry["finished_at"]
     assert manifest["environment"]["versions"]["scoder"]
-    assert manifest["config"] == {"a": 1}
+    assert manifest["config"]["synthesis"]["n"] == 2 and manifest["config"]["random_seed"] == 3
 
     with (
         pytest.raises(StoreError, match="different config"),
-        run.stage("seeds", config={}, fingerprint="fp2", random_seed=3),
+        run.stage("seeds", config=config, fingerprint="fp2"),
     ):
         pass
     assert (run.stage_dir("seeds") / "seeds.jsonl").exists()  # refused: nothing discarded
 
-    with run.stage("seeds", config={}, fingerprint="fp2", random_seed=3, force=True):
+    with run.stage("seeds", config=config, fingerprint="fp2", force=True):
         assert not (run.stage_dir("seeds") / "seeds.jsonl").exists()
     assert run.load_manifest()["stages"]["seeds"]["fingerprint"] == "fp2"
 
 
 def test_failed_stage_is_recorded(tmp_path):
     run = RunDir(tmp_path / "run")
-    with pytest.raises(ValueError), run.stage("x", config={}, fingerprint="f", random_seed=0):
+    with pytest.raises(ValueError), run.stage("x", config=load_config(), fingerprint="f"):
         raise ValueError("boom")
     entry = run.load_manifest()["stages"]["x"]
     assert entry["status"] == "failed" and "boom" in entry["error"]

@@ -27,6 +27,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _known_template(value: str, registry: dict[str, Any]) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown template {value!r}; allowed: {sorted(registry)}")
+    return value
+
+
 class ModelConfig(_Section):
     """Which model generates, and how it runs."""
 
@@ -102,9 +108,7 @@ class SynthesisConfig(_Section):
     def _check_template(cls, value: str) -> str:
         from scoder.templates import SYNTHESIS_TEMPLATES
 
-        if value not in SYNTHESIS_TEMPLATES:
-            raise ValueError(f"unknown template {value!r}; allowed: {sorted(SYNTHESIS_TEMPLATES)}")
-        return value
+        return _known_template(value, SYNTHESIS_TEMPLATES)
 
 
 class SandboxConfig(_Section):
@@ -166,9 +170,7 @@ class ScoreConfig(_Section):
     def _check_template(cls, value: str) -> str:
         from scoder.templates import JUDGE_TEMPLATES
 
-        if value not in JUDGE_TEMPLATES:
-            raise ValueError(f"unknown template {value!r}; allowed: {sorted(JUDGE_TEMPLATES)}")
-        return value
+        return _known_template(value, JUDGE_TEMPLATES)
 
     @field_validator("aspects")
     @classmethod

@@ -508,13 +508,7 @@ def run_score(
         }
     )
     timings = {"execution_s": 0.0, "judge_s": 0.0}
-    with run.stage(
-        STAGE,
-        config=config.model_dump(mode="json"),
-        fingerprint=stage_fp,
-        random_seed=config.random_seed,
-        force=force,
-    ) as record:
+    with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
         out = run.stage_dir(STAGE)
 
         def produce(number: int, chunk: Sequence[Candidate]) -> list[Candidate]:

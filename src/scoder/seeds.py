@@ -313,13 +313,7 @@ def run_seeds(config: Config, *, force: bool = False) -> tuple[RunDir, list[Seed
     }
     if kind == "stdlib":
         identity["python"] = platform.python_version()  # the stdlib differs between versions
-    with run.stage(
-        STAGE,
-        config=config.model_dump(mode="json"),
-        fingerprint=fingerprint(identity),
-        random_seed=config.random_seed,
-        force=force,
-    ) as record:
+    with run.stage(STAGE, config=config, fingerprint=fingerprint(identity), force=force) as record:
         kept, dropped = mine_seeds(cfg, config.random_seed)
         out = run.stage_dir(STAGE)
         write_jsonl(out / "seeds.jsonl", kept)

@@ -217,18 +217,13 @@ class RunDir:
 
     @contextmanager
     def stage(
-        self,
-        name: str,
-        *,
-        config: dict[str, Any],
-        fingerprint: str,
-        random_seed: int | None,
-        force: bool = False,
+        self, name: str, *, config: Any, fingerprint: str, force: bool = False
     ) -> Iterator[StageRecord]:
         """Run a stage: check the fingerprint, record start, end, counts and info.
 
-        `config` is the resolved config of the whole command (stored at the top of the manifest);
-        `fingerprint` covers everything this stage's outputs depend on.
+        `config` is the command's resolved `Config` (stored at the top of the manifest, its
+        random_seed with the stage); `fingerprint` covers everything this stage's outputs depend
+        on.
         """
         manifest = self.load_manifest()
         previous = manifest.get("stages", {}).get(name)
@@ -248,13 +243,13 @@ class RunDir:
 
         manifest.setdefault("created_at", now_iso())
         manifest["environment"] = environment_info()
-        manifest["config"] = config
+        manifest["config"] = config.model_dump(mode="json")
         stages = manifest.setdefault("stages", {})
         started = time.time()
         entry = {
             "status": "running",
             "fingerprint": fingerprint,
-            "random_seed": random_seed,
+            "random_seed": config.random_seed,
             "started_at": now_iso(),
             "attempts": (previous or {}).get("attempts", 0) + 1,
         }

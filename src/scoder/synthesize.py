@@ -268,13 +268,7 @@ def run_synthesize(
             "random_seed": config.random_seed,
         }
     )
-    with run.stage(
-        STAGE,
-        config=config.model_dump(mode="json"),
-        fingerprint=stage_fp,
-        random_seed=config.random_seed,
-        force=force,
-    ) as record:
+    with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
         record.info.update(
             {
                 "model": model,
