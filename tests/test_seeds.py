@@ -206,3 +206,19 @@ def test_run_seeds_writes_files_readable_by_datasets(tmp_path, source_dir):
     assert stage["status"] == "done"
     assert stage["counts"]["kept"] == len(kept)
     assert sum(stage["counts"]["dropped_by_reason"].values()) == len(dropped)
+
+
+def test_hf_dataset_source_streams_rows(tmp_path):
+    """`hf:NAME` goes through datasets.load_dataset (here a local dataset folder, as offline)."""
+    folder = tmp_path / "my-dataset"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist([{"content": GOOD}, {"content": DUPLICATE}]),
+        folder / "data" / "train.parquet",
+    )
+    kept, dropped = mine_seeds(SeedsConfig(source=f"hf:{folder}", max_seeds=None), random_seed=0)
+    assert sorted(s.source.name for s in kept) == ["Stack", "area", "decorated"]
+    assert all(s.source.kind == "hf" and s.source.location == str(folder) for s in kept)
+    assert Counter(s.drop.reason for s in dropped) == Counter({"duplicate": 1, "too_short": 1})
+    with pytest.raises(SeedSourceError, match="no column 'code'"):
+        mine_seeds(SeedsConfig(source=f"hf:{folder}", column="code"), random_seed=0)
