@@ -206,6 +206,13 @@ def demo(
     ):
         # soft_wrap: a path must stay on one line to be copied
         console.print(f"  {what:<24} {path}", soft_wrap=True, highlight=False)
+    if cfg.model.name is None:
+        console.print(
+            "\nThe embedded 135M model is a small synthesizer and judge; for real data name a "
+            "bigger one: --set model.name=Qwen/Qwen2.5-Coder-7B-Instruct "
+            "--set score.judge.name=...",
+            highlight=False,
+        )
 
 
 def _print_stage_summary(run: Any, stage: str) -> None:
@@ -229,6 +236,12 @@ def _print_stage_summary(run: Any, stage: str) -> None:
 
 
 def _print_score_summary(summary: dict) -> None:
+    statuses = summary.get("execution_status", {})
+    console.print(
+        "execution of each solution against its own tests: "
+        + (", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "-")
+        + f" (vacuous tests: {summary.get('vacuous_tests', 0)})"
+    )
     calib = summary.get("calibration", {})
     table = Table(title="judge calibration against execution (AUC: 0.5 = no signal)")
     table.add_column("aspect")
