@@ -15,8 +15,10 @@ from scoder.influence import (
     GradientFeaturizer,
     InfluenceError,
     adam_precondition,
+    gradient_features,
     influence_scores,
     lora_modules,
+    tokenize_records,
 )
 
 VOCAB = 64
@@ -185,3 +187,42 @@ def test_bad_samples_are_flagged_not_scored():
     assert np.isnan(scores[0]) and np.isfinite(scores[1:]).all()
     with pytest.raises(InfluenceError, match="reference set"):
         influence_scores([feats.vectors], [feats.vectors[:1]], [1.0])
+
+
+class _CharTokenizer:
+    """A real (if simple) tokenizer: one id per character, for the record-level API."""
+
+    eos_token_id = 1
+    pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [2 + (ord(ch) % (VOCAB - 2)) for ch in text]}
+
+
+def test_gradient_features_public_api():
+    model = tiny_lora_model()
+    tok = _CharTokenizer()
+    records = [
+        {"prompt": "def f(x):", "response": " return x"},
+        {"prompt": "hi", "response": "there!"},
+        {"prompt": "p", "response": ""},
+    ]
+    raw = gradient_features(model, tok, records, projection_dim=None, batch_tokens=16)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert raw.shape == (3, sum(p.numel() for p in trainable))
+    # unprojected rows equal the backward loop, in named_parameters order
+    expected = loop_gradients(model, tokenize_records(tok, records[:2]))
+    for got, exp in zip(raw[:2], expected):
+        assert (got - exp).norm() / exp.norm() <= 1e-5
+    assert torch.isnan(raw[2]).all()  # no response token: undefined, not zero
+    projected = gradient_features(model, tok, records[:2], projection_dim=256, seed=3)
+    assert projected.shape == (2, 256)
+    assert torch.allclose(projected.norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(InfluenceError, match="record 0 has no text field 'response'"):
+        gradient_features(model, tok, [{"prompt": "x"}])
+
+
+def test_missing_optimizer_state_can_fall_back_to_plain_with_a_warning():
+    model = tiny_lora_model()
+    f = GradientFeaturizer(model, dim=256, optimizer_state={}, missing_state="plain")
+    assert f.optimizer_state is None and "keyed by parameter name" in f.describe()["warnings"][0]

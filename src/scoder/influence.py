@@ -142,18 +142,24 @@ class GradientFeaturizer:
         max_length: int = 2048,
         pad_token_id: int = 0,
         optimizer_state: dict[str, AdamState] | None = None,
+        missing_state: str = "error",
     ):
         self.model = model
         self.modules = lora_modules(model)
         self.max_length = max_length
         self.pad_token_id = pad_token_id
+        self.warnings: list[str] = []
         if optimizer_state is not None:
             missing = sorted(set(self.modules) - set(optimizer_state))
             if missing:
-                raise InfluenceError(
-                    f"the optimizer state has no moments for {len(missing)} LoRA parameters "
-                    f"(e.g. {missing[0]!r}); it must be keyed by parameter name"
+                message = (
+                    f"the optimizer state has no moments for {len(missing)} of {len(self.modules)} "
+                    f"LoRA parameters (e.g. {missing[0]!r}); it must be keyed by parameter name"
                 )
+                if missing_state != "plain":
+                    raise InfluenceError(message)
+                self.warnings.append(message + "; using plain gradients instead")
+                optimizer_state = None
         self.optimizer_state = optimizer_state
         shapes = {name: tuple(m.weight.shape) for name, m in self.modules.items()}
         self.projector = Projector(shapes, dim, seed)  # type: ignore[arg-type]
@@ -165,6 +171,7 @@ class GradientFeaturizer:
             "lora_parameters": sum(m.weight.numel() for m in self.modules.values()),
             "adam_preconditioned": self.optimizer_state is not None,
             "max_length": self.max_length,
+            "warnings": self.warnings,
         }
 
     def per_sample_gradients(
@@ -222,7 +229,9 @@ class GradientFeaturizer:
         }
         return per_sample, truncated, target_mask.sum(dim=1)
 
-    def features(self, batch: Sequence[Example], *, precondition: bool = False) -> Features:
+    def features(
+        self, batch: Sequence[Example], *, precondition: bool = False, normalize: bool = True
+    ) -> Features:
         """Projected, L2-normalised gradients; Adam-preconditioned when `precondition`."""
         if precondition and self.optimizer_state is None:
             raise InfluenceError("Adam preconditioning needs the optimizer state of the checkpoint")
@@ -251,8 +260,9 @@ class GradientFeaturizer:
                 excluded[i] = "gradient is not finite (NaN or inf)"
             elif vectors[i].norm() == 0:
                 excluded[i] = "gradient is zero"
-        norms = vectors.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        out = (vectors / norms).cpu().numpy().astype(np.float32)
+        if normalize:
+            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        out = vectors.detach().cpu().numpy().astype(np.float32)
         for i in excluded:
             out[i] = np.nan
         return Features(out, truncated, excluded)
@@ -280,3 +290,83 @@ def influence_scores(
             )
         total += lr * (cand.astype(np.float64) @ ref.astype(np.float64).mean(axis=0))
     return total
+
+
+def tokenize_records(tokenizer: Any, records: Sequence[dict[str, str]]) -> list[Example]:
+    """Records {"prompt": str, "response": str} -> token ids.
+
+    `prompt` is the model input exactly as trained on (already chat-formatted when the model has a
+    chat template); `response` is the target. Both are tokenized without added special tokens;
+    the end-of-sequence token is appended to the response, as in training.
+    """
+    out = []
+    for i, record in enumerate(records):
+        missing = [key for key in ("prompt", "response") if not isinstance(record.get(key), str)]
+        if missing:
+            raise InfluenceError(
+                f"record {i} has no text field {missing[0]!r} (needs 'prompt' and 'response')"
+            )
+        response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        if response and tokenizer.eos_token_id is not None:
+            response = response + [tokenizer.eos_token_id]
+        out.append(
+            Example(tokenizer(record["prompt"], add_special_tokens=False)["input_ids"], response)
+        )
+    return out
+
+
+def gradient_features(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, str]],
+    *,
+    projection_dim: int | None = 8192,
+    seed: int = 0,
+    optimizer_state: dict[str, AdamState] | None = None,
+    batch_tokens: int = 8192,
+    max_length: int = 2048,
+) -> torch.Tensor:
+    """Per-sample LoRA gradient features, one row per record (see `tokenize_records` for keys).
+
+    projection_dim=None returns the unprojected gradients, flattened in the order of
+    `model.named_parameters()` restricted to trainable parameters; otherwise rows are projected
+    to projection_dim (SRHT from `seed`) and L2-normalised. With `optimizer_state` the gradients
+    are Adam-preconditioned (candidates); without, plain (the reference set D_p). Micro-batches
+    hold at most `batch_tokens` padded tokens. Rows of samples with no response token are NaN.
+    """
+    examples = tokenize_records(tokenizer, records)
+    pad = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else (tokenizer.eos_token_id or 0)
+    )
+    featurizer = GradientFeaturizer(
+        model,
+        dim=projection_dim if projection_dim is not None else 1 << 62,
+        seed=seed,
+        max_length=max_length,
+        pad_token_id=pad,
+        optimizer_state=optimizer_state,
+    )
+    rows: list[np.ndarray] = []
+    batch: list[Example] = []
+    width = 0
+
+    def flush() -> None:
+        if not batch:
+            return
+        feats = featurizer.features(
+            batch, precondition=optimizer_state is not None, normalize=projection_dim is not None
+        )
+        rows.append(feats.vectors)
+        batch.clear()
+
+    for ex in examples:
+        length = min(len(ex.prompt_ids) + len(ex.response_ids), max_length)
+        if batch and max(width, length) * (len(batch) + 1) > batch_tokens:
+            flush()
+            width = 0
+        batch.append(ex)
+        width = max(width, length)
+    flush()
+    return torch.from_numpy(np.vstack(rows)) if rows else torch.empty(0, featurizer.projector.dim)
