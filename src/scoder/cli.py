@@ -169,6 +169,44 @@ def score(
 
 @app.command()
 @friendly_errors
+def select(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option(help="Candidates JSONL (default: RUN/score/selected.jsonl, best per seed)."),
+    ] = None,
+    dp: Annotated[
+        Path | None, typer.Option("--dp", help="D_p: JSONL of seed_text/problem/solution(/tests).")
+    ] = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option("--checkpoint", help="A synthesizer checkpoint directory (repeatable)."),
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(help="Keep this many (default: select.fraction).")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Keep the candidates most influential on D_p (LoRA gradients), with random@k and judge-top@k
+    baselines beside them (RUN/select/)."""
+    from scoder.select import run_select
+
+    extra = [f"select.dp={dp}"] if dp else []
+    if checkpoint:
+        extra.append("select.checkpoints=[" + ", ".join(str(c) for c in checkpoint) + "]")
+    if k is not None:
+        extra.append(f"select.k={k}")
+    cfg = _config(config, set_, out, extra)
+    run, result = run_select(cfg, candidates, force=force)
+    _print_stage_summary(run, "select")
+    for name in ("selected.jsonl", "baselines/random_at_k.jsonl", "baselines/judge_top_at_k.jsonl"):
+        console.print(f"  {run.stage_dir('select') / name}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+@friendly_errors
 def demo(
     set_: SetOpt = None,
     out: OutOpt = None,

@@ -193,6 +193,28 @@ class ScoreConfig(_Section):
         return self
 
 
+class SelectConfig(_Section):
+    """Gradient-based influence against D_p, and the top-k selection (with baselines)."""
+
+    dp: Path | None = Field(
+        default=None, description="D_p: JSONL of seed_text/problem/solution(/tests) rows."
+    )
+    checkpoints: list[Path] = Field(
+        default_factory=list, description="Synthesizer checkpoints (scoder checkpoint dirs)."
+    )
+    k: int | None = Field(default=None, ge=1, description="Keep this many (else `fraction`).")
+    fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    projection_dim: int = Field(default=8192, ge=16)
+    projection_seed: int = 0
+    batch_tokens: int = Field(default=8192, ge=64, description="Padded tokens per micro-batch.")
+    max_length: int = Field(default=2048, ge=16)
+    missing_optimizer_state: Literal["error", "plain"] = Field(
+        default="error",
+        description="plain = fall back to plain gradients (recorded) when a "
+        "checkpoint has no usable Adam state.",
+    )
+
+
 class Config(_Section):
     """One run of scoder."""
 
@@ -202,6 +224,7 @@ class Config(_Section):
     seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
 
 def fingerprint(data: Any) -> str:

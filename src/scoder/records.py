@@ -96,4 +96,5 @@ class Candidate(_Record):
     execution: Execution | None = None
     judge: Judgement | None = None
     score: float | None = None
+    influence: float | None = None  # filled by the select stage
     drop: Drop | None = None

@@ -34,6 +34,13 @@ class SynthesisTemplate:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
+    def answer(self, problem: str, solution: str, tests: str | None) -> str:
+        """The answer this template asks for: the training target of the synthesizer."""
+        text = f"### Problem\n{problem.strip()}\n\n### Solution\n```python\n{solution.strip()}\n```"
+        if tests:
+            text += f"\n\n### Tests\n```python\n{tests.strip()}\n```"
+        return text
+
     def chat(self, snippet: str) -> Chat:
         return [
             {"role": "system", "content": self.system},

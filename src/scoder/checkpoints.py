@@ -1,0 +1,116 @@
+"""Synthesizer checkpoints that influence estimation can use.
+
+A checkpoint directory holds:
+- the LoRA adapter, as peft saves it (`adapter_config.json`, `adapter_model.safetensors`);
+- `optimizer.safetensors`: Adam's moments keyed by *parameter name* (`<name>.exp_avg`,
+  `<name>.exp_avg_sq`), never by index: an index-keyed state cannot be matched to parameters
+  once the model is rebuilt (LESS users hit exactly that);
+- `scoder_checkpoint.json`: the optimizer step, betas, eps and the mean learning rate over the
+  span of training this checkpoint closes (the weight of its influence term).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scoder.errors import ScoderError
+from scoder.influence import AdamState
+
+CHECKPOINT_INFO = "scoder_checkpoint.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+class CheckpointError(ScoderError):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    mean_lr: float
+    step: int
+    optimizer_state: dict[str, AdamState] | None  # None: the checkpoint has no optimizer state
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    mean_lr: float,
+    step: int,
+) -> Path:
+    """Save a peft model's adapter, its Adam state by parameter name, and the mean learning rate."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors: dict[str, torch.Tensor] = {}
+    betas, eps = (0.9, 0.999), 1e-8
+    for group in optimizer.param_groups:
+        betas, eps = tuple(group.get("betas", betas)), group.get("eps", eps)
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state or id(p) not in names:
+                continue
+            name = _adapter_key(names[id(p)])
+            tensors[f"{name}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
+            tensors[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
+    save_file(tensors, str(path / OPTIMIZER_FILE))
+    info = {"step": step, "mean_lr": mean_lr, "betas": list(betas), "eps": eps}
+    (path / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2))
+    return path
+
+
+def _adapter_key(name: str) -> str:
+    # peft names a parameter "<...>.lora_A.<adapter>.weight"; the adapter name varies between a
+    # training run ("default") and a later load, so the key drops it.
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("lora_A", "lora_B") and i + 1 < len(parts):
+            return ".".join(parts[: i + 1] + parts[i + 2 :])
+    return name
+
+
+def load_checkpoint(
+    path: str | Path, base_model: nn.Module, *, missing_state: str = "error"
+) -> tuple[nn.Module, Checkpoint]:
+    """(base model with the adapter attached, trainable; checkpoint info and named Adam state)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info_file = path / CHECKPOINT_INFO
+    if not (path / "adapter_config.json").is_file() or not info_file.is_file():
+        raise CheckpointError(
+            f"{path} is not a scoder checkpoint (needs adapter_config.json and {CHECKPOINT_INFO})"
+        )
+    info: dict[str, Any] = json.loads(info_file.read_text())
+    model = PeftModel.from_pretrained(base_model, path, is_trainable=True)
+    state: dict[str, AdamState] | None = None
+    if (path / OPTIMIZER_FILE).is_file():
+        tensors = load_file(str(path / OPTIMIZER_FILE))
+        state = {}
+        for name, _ in model.named_parameters():
+            key = _adapter_key(name)
+            if f"{key}.exp_avg" in tensors:
+                state[name] = AdamState(
+                    tensors[f"{key}.exp_avg"],
+                    tensors[f"{key}.exp_avg_sq"],
+                    int(info["step"]),
+                    tuple(info.get("betas", (0.9, 0.999))),
+                    float(info.get("eps", 1e-8)),
+                )
+    elif missing_state != "plain":
+        raise CheckpointError(
+            f"{path} has no {OPTIMIZER_FILE}: candidates cannot be Adam-preconditioned"
+        )
+    return model, Checkpoint(path, float(info["mean_lr"]), int(info["step"]), state)

@@ -1,0 +1,284 @@
+"""`scoder select`: keep the candidates whose training gradient points where D_p's does.
+
+For each synthesizer checkpoint k: candidates' LoRA gradients, Adam-preconditioned with that
+checkpoint's optimizer state, and D_p's plain gradients, both projected and normalised
+(scoder.influence). Influence(z) = sum_k lr_k * mean_{z' in D_p} cos(...). The top-k candidates are
+kept; beside them the same run writes the budget-matched baselines random@k and judge-top@k, so
+every selection can be compared. Features are stored per checkpoint as numpy arrays keyed by a
+hash of each sample's text, and reused when neither the text nor the checkpoint changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scoder.config import Config, fingerprint
+from scoder.errors import ScoderError
+from scoder.records import Candidate, Drop
+from scoder.store import (
+    RunDir,
+    atomic_write_bytes,
+    file_digest,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
+from scoder.templates import SYNTHESIS_TEMPLATES
+
+STAGE = "select"
+
+
+def training_records(
+    rows: list[dict[str, Any]], tokenizer: Any, template_id: str, source: str
+) -> list[dict[str, str]]:
+    """Synthesizer training samples: synthesis prompt + seed -> problem, solution, tests."""
+    template = SYNTHESIS_TEMPLATES[template_id]
+    out = []
+    for i, row in enumerate(rows):
+        for key in ("seed_text", "problem", "solution"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise ScoderError(f"{source}: row {i + 1} has no text field {key!r}")
+        chat = template.chat(row["seed_text"])[:-1]  # without the answer's prefix
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        out.append(
+            {
+                "prompt": prompt,
+                "response": template.answer(row["problem"], row["solution"], row.get("tests")),
+            }
+        )
+    return out
+
+
+def _text_key(record: dict[str, str]) -> str:
+    return hashlib.sha256((record["prompt"] + "\0" + record["response"]).encode()).hexdigest()[:24]
+
+
+def cached_features(
+    store: Path, name: str, records: list[dict[str, str]], compute: Any
+) -> tuple[np.ndarray, int]:
+    """Features for records, computing only those whose text is not in `store` yet."""
+    keys = [_text_key(r) for r in records]
+    index_file, array_file = store / f"{name}.json", store / f"{name}.npy"
+    known: dict[str, int] = {}
+    old = None
+    if index_file.is_file() and array_file.is_file():
+        known = {k: i for i, k in enumerate(json.loads(index_file.read_text()))}
+        old = np.load(array_file, mmap_mode="r")
+    missing = [i for i, k in enumerate(keys) if k not in known]
+    fresh = compute([records[i] for i in missing]) if missing else None
+    rows = []
+    for i, k in enumerate(keys):
+        rows.append(old[known[k]] if k in known else fresh[missing.index(i)])
+    features = np.vstack(rows).astype(np.float32) if rows else np.empty((0, 0), np.float32)
+    all_keys = list(known) + [keys[i] for i in missing]
+    merged = (
+        np.vstack([np.asarray(old)] + ([fresh] if fresh is not None else []))
+        if old is not None
+        else fresh
+    )
+    if merged is not None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, merged.astype(np.float32))
+        atomic_write_bytes(array_file, buffer.getvalue())
+        atomic_write_bytes(index_file, json.dumps(all_keys).encode())
+    return features, len(keys) - len(missing)
+
+
+def select_top_k(
+    candidates: list[Candidate], influence: np.ndarray, reasons: dict[int, str], k: int, seed: int
+) -> dict[str, list[Candidate]]:
+    """Top-k by influence, plus random@k and judge-top@k over the same candidates."""
+    scored = [
+        c.model_copy(update={"influence": None if i in reasons else float(influence[i])})
+        for i, c in enumerate(candidates)
+    ]
+    valid = [i for i in range(len(scored)) if i not in reasons]
+    k = min(k, len(valid))
+    order = sorted(valid, key=lambda i: (-influence[i], scored[i].id))
+    top = set(order[:k])
+    rejected = []
+    for i, c in enumerate(scored):
+        if i in reasons:
+            rejected.append(
+                c.model_copy(
+                    update={
+                        "drop": Drop(stage=STAGE, reason="influence_undefined", detail=reasons[i])
+                    }
+                )
+            )
+        elif i not in top:
+            rejected.append(
+                c.model_copy(
+                    update={
+                        "drop": Drop(
+                            stage=STAGE,
+                            reason="below_top_k",
+                            detail=f"rank {order.index(i) + 1} > k={k}",
+                        )
+                    }
+                )
+            )
+    rng = np.random.default_rng(seed)
+    random_k = sorted(rng.choice(valid, size=k, replace=False).tolist()) if k else []
+    judge_order = sorted(
+        valid,
+        key=lambda i: (
+            -(scored[i].score if scored[i].score is not None else -np.inf),
+            scored[i].id,
+        ),
+    )
+    return {
+        "selected": [scored[i] for i in order[:k]],
+        "rejected": rejected,
+        "random_at_k": [scored[i] for i in random_k],
+        "judge_top_at_k": [scored[i] for i in judge_order[:k]],
+    }
+
+
+def run_select(
+    config: Config, candidates_path: Path | None = None, *, force: bool = False
+) -> tuple[RunDir, dict[str, Any]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scoder.checkpoints import load_checkpoint
+    from scoder.influence import gradient_features
+    from scoder.models import resolve_model
+    from scoder.models.hf import pick_device, pick_dtype
+
+    cfg = config.select
+    run = RunDir(config.run_dir)
+    candidates_path = candidates_path or run.stage_dir("score") / "selected.jsonl"
+    if not candidates_path.is_file():
+        raise ScoderError(
+            f"no candidates at {candidates_path}: run `scoder score` first or pass --candidates FILE"
+        )
+    if cfg.dp is None or not Path(cfg.dp).is_file():
+        raise ScoderError(f"select.dp must name the D_p file (JSONL); got {cfg.dp}")
+    if not cfg.checkpoints:
+        raise ScoderError(
+            "select.checkpoints is empty: name the synthesizer checkpoints to estimate influence with"
+        )
+    candidates = [c for c in read_jsonl(candidates_path, Candidate) if c.drop is None]
+    dp_rows = read_jsonl(cfg.dp)
+    if not candidates or not dp_rows:
+        raise ScoderError("select needs at least one candidate and one D_p sample")
+
+    ref = resolve_model(config.model.name, revision=config.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    cand_records = training_records(
+        [c.model_dump() for c in candidates],
+        tokenizer,
+        config.synthesis.template,
+        str(candidates_path),
+    )
+    dp_records = training_records(dp_rows, tokenizer, config.synthesis.template, str(cfg.dp))
+    device = pick_device(config.model.device)
+    dtype = pick_dtype(config.model.dtype, device)
+    ckpt_digests = {
+        str(p): file_digest(Path(p) / "adapter_model.safetensors") for p in cfg.checkpoints
+    }
+    stage_fp = fingerprint(
+        {
+            "select": cfg.model_dump(mode="json"),
+            "model": ref.digest,
+            "checkpoints": ckpt_digests,
+            "candidates": file_digest(candidates_path),
+            "dp": file_digest(cfg.dp),
+            "random_seed": config.random_seed,
+        }
+    )
+    with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
+        out = run.stage_dir(STAGE)
+        cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
+        spec = dict(
+            projection_dim=cfg.projection_dim,
+            seed=cfg.projection_seed,
+            batch_tokens=cfg.batch_tokens,
+            max_length=cfg.max_length,
+        )
+        for path in cfg.checkpoints:
+            base = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
+            model, ckpt = load_checkpoint(path, base, missing_state=cfg.missing_optimizer_state)
+            model.eval()
+            store = out / "features" / ckpt_digests[str(path)].split(":")[-1][:16]
+            state = ckpt.optimizer_state
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            if (
+                state is not None
+                and cfg.missing_optimizer_state == "plain"
+                and set(state) != trainable
+            ):
+                state = None  # recorded below as adam_preconditioned: false
+
+            def features_with(optimizer_state, model=model):
+                return lambda records: gradient_features(
+                    model, tokenizer, records, optimizer_state=optimizer_state, **spec
+                ).numpy()
+
+            kind = "adam" if state else "plain"
+            c, n_reused = cached_features(
+                store, f"candidates-{fingerprint(spec)}-{kind}", cand_records, features_with(state)
+            )
+            d, m_reused = cached_features(
+                store, f"dp-{fingerprint(spec)}", dp_records, features_with(None)
+            )
+            reused += n_reused + m_reused
+            cand_feats.append(c)
+            dp_feats.append(d)
+            lrs.append(ckpt.mean_lr)
+            info.append(
+                {
+                    "path": str(path),
+                    "mean_lr": ckpt.mean_lr,
+                    "step": ckpt.step,
+                    "adam_preconditioned": state is not None,
+                }
+            )
+        from scoder.influence import influence_scores
+
+        influence = influence_scores(cand_feats, dp_feats, lrs)
+        reasons = {
+            i: "gradient undefined (no response tokens or not finite)"
+            for i in range(len(candidates))
+            if np.isnan(influence[i])
+        }
+        k = cfg.k or max(1, round(cfg.fraction * (len(candidates) - len(reasons))))
+        sets = select_top_k(candidates, influence, reasons, k, config.random_seed)
+        write_jsonl(out / "selected.jsonl", sets["selected"])
+        write_jsonl(out / "rejected.jsonl", sets["rejected"])
+        write_jsonl(out / "baselines" / "random_at_k.jsonl", sets["random_at_k"])
+        write_jsonl(out / "baselines" / "judge_top_at_k.jsonl", sets["judge_top_at_k"])
+        record.counts = {
+            "candidates": len(candidates),
+            "dp": len(dp_rows),
+            "selected": len(sets["selected"]),
+            "rejected_by_reason": dict(Counter(c.drop.reason for c in sets["rejected"] if c.drop)),
+            "features_reused": reused,
+        }
+        record.info.update(
+            {
+                "checkpoints": info,
+                "projection": {
+                    "dim": cfg.projection_dim,
+                    "seed": cfg.projection_seed,
+                    "kind": "srht",
+                },
+            }
+        )
+        summary = {
+            "k": k,
+            "checkpoints": info,
+            "overlap_with_judge_top_at_k": len(
+                {c.id for c in sets["selected"]} & {c.id for c in sets["judge_top_at_k"]}
+            ),
+        }
+        write_json(out / "summary.json", summary)
+    return run, {**sets, "summary": summary}
