@@ -161,14 +161,32 @@ def test_select_writes_top_k_and_baselines_and_reuses_features(
     ):
         assert read_jsonl(run.stage_dir("select") / name)
 
-    # the same candidates again: every feature comes from the store, and the answer is the same
+    # again (--force re-runs the stage): every feature comes from the store, same answer
     run2, out2 = run_select(load_config(None, sets), cands, force=True)
-    assert (
-        run2.load_manifest()["stages"]["select"]["counts"]["features_reused"] == 0
-    )  # --force wiped the store
-    run3, out3 = run_select(load_config(None, sets), cands)
-    assert run3.load_manifest()["stages"]["select"]["counts"]["features_reused"] == 2 * (6 + 3)
-    assert [c.id for c in out3["selected"]] == [c.id for c in out["selected"]]
+    assert run2.load_manifest()["stages"]["select"]["counts"]["features_reused"] == 2 * (6 + 3)
+    assert [c.id for c in out2["selected"]] == [c.id for c in out["selected"]]
+    assert [c.influence for c in out2["selected"]] == infl
+
+
+def test_shards_compute_features_that_the_full_run_reuses(tmp_path, tiny_model_dir, checkpoints):
+    cands, dp = write_inputs(tmp_path)
+    common = [
+        f"model.name={tiny_model_dir}",
+        "model.device=cpu",
+        f"select.dp={dp}",
+        f"select.checkpoints=[{checkpoints[0]}]",
+        "select.k=2",
+        "select.projection_dim=128",
+    ]
+    sets = [f"run_dir={tmp_path / 'run'}", *common]
+    for i in (1, 2):
+        run_select(load_config(None, sets), cands, shard=(i, 2))
+    run, out = run_select(load_config(None, sets), cands)
+    assert run.load_manifest()["stages"]["select"]["counts"]["features_reused"] == 6 + 3
+    single = run_select(load_config(None, [f"run_dir={tmp_path / 'single'}", *common]), cands)[1]
+    assert [c.influence for c in out["selected"]] == [c.influence for c in single["selected"]]
+    with pytest.raises(ScoderError, match="between 1 and 2"):
+        run_select(load_config(None, sets), cands, shard=(3, 2))
 
 
 def test_index_keyed_optimizer_state_is_refused_or_falls_back(

@@ -187,6 +187,10 @@ def select(
     k: Annotated[
         int | None, typer.Option(help="Keep this many (default: select.fraction).")
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="I/N: only compute the features of shard I of N (into RUN/features/)."),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Keep the candidates most influential on D_p (LoRA gradients), with random@k and judge-top@k
@@ -199,7 +203,17 @@ def select(
     if k is not None:
         extra.append(f"select.k={k}")
     cfg = _config(config, set_, out, extra)
-    run, result = run_select(cfg, candidates, force=force)
+    shard_of: tuple[int, int] | None = None
+    if shard:
+        index, _, count = shard.partition("/")
+        if not (index.isdigit() and count.isdigit()):
+            raise ScoderError(f"--shard expects I/N, e.g. 2/4 (got {shard!r})")
+        shard_of = (int(index), int(count))
+    run, result = run_select(cfg, candidates, force=force, shard=shard_of)
+    if shard_of:
+        _print_stage_summary(run, f"select-shard-{shard_of[0]}-of-{shard_of[1]}")
+        console.print(f"features saved under {run.path / 'features'}", soft_wrap=True)
+        return
     _print_stage_summary(run, "select")
     for name in ("selected.jsonl", "baselines/random_at_k.jsonl", "baselines/judge_top_at_k.jsonl"):
         console.print(f"  {run.stage_dir('select') / name}", soft_wrap=True, highlight=False)

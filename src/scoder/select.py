@@ -11,6 +11,7 @@ hash of each sample's text, and reused when neither the text nor the checkpoint 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -60,36 +61,40 @@ def _text_key(record: dict[str, str]) -> str:
 
 
 def cached_features(
-    store: Path, name: str, records: list[dict[str, str]], compute: Any
+    store: Path, records: list[dict[str, str]], compute: Any, *, tag: str = "part"
 ) -> tuple[np.ndarray, int]:
-    """Features for records, computing only those whose text is not in `store` yet."""
-    keys = [_text_key(r) for r in records]
-    index_file, array_file = store / f"{name}.json", store / f"{name}.npy"
-    known: dict[str, int] = {}
-    old = None
-    if index_file.is_file() and array_file.is_file():
-        known = {k: i for i, k in enumerate(json.loads(index_file.read_text()))}
-        old = np.load(array_file, mmap_mode="r")
-    missing = [i for i, k in enumerate(keys) if k not in known]
-    fresh = compute([records[i] for i in missing]) if missing else None
-    rows = []
-    for i, k in enumerate(keys):
-        rows.append(old[known[k]] if k in known else fresh[missing.index(i)])
-    features = np.vstack(rows).astype(np.float32) if rows else np.empty((0, 0), np.float32)
-    all_keys = list(known) + [keys[i] for i in missing]
-    merged = (
-        np.vstack([np.asarray(old)] + ([fresh] if fresh is not None else []))
-        if old is not None
-        else fresh
-    )
-    if merged is not None:
-        import io
+    """Features for records, computing only those whose text no part file in `store` holds.
 
+    Each computation is saved as a new part (`<tag>-<hash>.npy` + `.json` index, the index
+    written last), so parts from shards run elsewhere can simply be copied in. Returns the
+    features in record order and how many rows were reused.
+    """
+    keys = [_text_key(r) for r in records]
+    known: dict[str, tuple[np.ndarray, int]] = {}
+    for index_file in sorted(store.glob("*.json")):
+        array_file = index_file.with_suffix(".npy")
+        if not array_file.is_file():
+            continue
+        array = np.load(array_file, mmap_mode="r")
+        for row, key in enumerate(json.loads(index_file.read_text())):
+            known.setdefault(key, (array, row))
+    missing = list(dict.fromkeys(k for k in keys if k not in known))
+    if missing:
+        position = {k: keys.index(k) for k in missing}
+        fresh = compute([records[position[k]] for k in missing])
+        part = store / f"{tag}-{hashlib.sha256(''.join(missing).encode()).hexdigest()[:12]}"
         buffer = io.BytesIO()
-        np.save(buffer, merged.astype(np.float32))
-        atomic_write_bytes(array_file, buffer.getvalue())
-        atomic_write_bytes(index_file, json.dumps(all_keys).encode())
-    return features, len(keys) - len(missing)
+        np.save(buffer, fresh.astype(np.float32))
+        atomic_write_bytes(part.with_suffix(".npy"), buffer.getvalue())
+        atomic_write_bytes(part.with_suffix(".json"), json.dumps(missing).encode())
+        for row, key in enumerate(missing):
+            known[key] = (fresh, row)
+    reused = sum(1 for k in keys if k not in missing)
+    if not keys:
+        return np.empty((0, 0), np.float32), 0
+    return np.vstack([np.asarray(known[k][0][known[k][1]]) for k in keys]).astype(
+        np.float32
+    ), reused
 
 
 def select_top_k(
@@ -143,13 +148,28 @@ def select_top_k(
     }
 
 
+def _adapter_info(path: Path) -> dict[str, Any]:
+    config = json.loads((path / "adapter_config.json").read_text())
+    return {
+        key: config.get(key)
+        for key in ("r", "lora_alpha", "target_modules", "base_model_name_or_path")
+    }
+
+
 def run_select(
-    config: Config, candidates_path: Path | None = None, *, force: bool = False
+    config: Config,
+    candidates_path: Path | None = None,
+    *,
+    force: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[RunDir, dict[str, Any]]:
+    """Influence-based selection; with `shard=(i, n)` only the features of every n-th candidate
+    (starting at the i-th, 1-based) are computed into RUN/features/, for a later full run to reuse.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scoder.checkpoints import load_checkpoint
-    from scoder.influence import gradient_features
+    from scoder.influence import gradient_features, influence_scores
     from scoder.models import resolve_model
     from scoder.models.hf import pick_device, pick_dtype
 
@@ -167,6 +187,13 @@ def run_select(
             "select.checkpoints is empty: name the synthesizer checkpoints to estimate influence with"
         )
     candidates = [c for c in read_jsonl(candidates_path, Candidate) if c.drop is None]
+    if shard is not None:
+        index, count = shard
+        if not 1 <= index <= count:
+            raise ScoderError(
+                f"--shard {index}/{count}: the shard number must be between 1 and {count}"
+            )
+        candidates = candidates[index - 1 :: count]
     dp_rows = read_jsonl(cfg.dp)
     if not candidates or not dp_rows:
         raise ScoderError("select needs at least one candidate and one D_p sample")
@@ -195,8 +222,9 @@ def run_select(
             "random_seed": config.random_seed,
         }
     )
-    with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
-        out = run.stage_dir(STAGE)
+    stage = STAGE if shard is None else f"{STAGE}-shard-{shard[0]}-of-{shard[1]}"
+    with run.stage(stage, config=config, fingerprint=stage_fp, force=force) as record:
+        out = run.stage_dir(stage)
         cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
         spec = dict(
             projection_dim=cfg.projection_dim,
@@ -208,7 +236,24 @@ def run_select(
             base = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
             model, ckpt = load_checkpoint(path, base, missing_state=cfg.missing_optimizer_state)
             model.eval()
-            store = out / "features" / ckpt_digests[str(path)].split(":")[-1][:16]
+            # Features depend only on (checkpoint, projection, text): one store per checkpoint
+            # and projection, shared by every select run and shard in this run directory.
+            store = (
+                run.path
+                / "features"
+                / ckpt_digests[str(path)].split(":")[-1][:16]
+                / fingerprint(spec)
+            )
+            store.mkdir(parents=True, exist_ok=True)
+            write_json(
+                store / "spec.json",
+                {
+                    **spec,
+                    "kind": "srht",
+                    "checkpoint": str(path),
+                    "adapter": _adapter_info(Path(path)),
+                },
+            )
             state = ckpt.optimizer_state
             trainable = {n for n, p in model.named_parameters() if p.requires_grad}
             if (
@@ -224,11 +269,12 @@ def run_select(
                 ).numpy()
 
             kind = "adam" if state else "plain"
+            tag = "part" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
             c, n_reused = cached_features(
-                store, f"candidates-{fingerprint(spec)}-{kind}", cand_records, features_with(state)
+                store / f"candidates-{kind}", cand_records, features_with(state), tag=tag
             )
             d, m_reused = cached_features(
-                store, f"dp-{fingerprint(spec)}", dp_records, features_with(None)
+                store / "dp-plain", dp_records, features_with(None), tag=tag
             )
             reused += n_reused + m_reused
             cand_feats.append(c)
@@ -242,8 +288,23 @@ def run_select(
                     "adam_preconditioned": state is not None,
                 }
             )
-        from scoder.influence import influence_scores
-
+        truncated = [
+            c.id
+            for c, r in zip(candidates, cand_records)
+            if len(tokenizer(r["prompt"] + r["response"], add_special_tokens=False)["input_ids"])
+            + 1
+            > cfg.max_length
+        ]
+        record.info.update(
+            {"checkpoints": info, "truncated_candidates": truncated}
+        )  # kept, flagged
+        if shard is not None:
+            record.counts = {
+                "candidates": len(candidates),
+                "dp": len(dp_rows),
+                "features_reused": reused,
+            }
+            return run, {"summary": {"shard": list(shard), "candidates": len(candidates)}}
         influence = influence_scores(cand_feats, dp_feats, lrs)
         reasons = {
             i: "gradient undefined (no response tokens or not finite)"
@@ -262,10 +323,10 @@ def run_select(
             "selected": len(sets["selected"]),
             "rejected_by_reason": dict(Counter(c.drop.reason for c in sets["rejected"] if c.drop)),
             "features_reused": reused,
+            "truncated": len(truncated),
         }
         record.info.update(
             {
-                "checkpoints": info,
                 "projection": {
                     "dim": cfg.projection_dim,
                     "seed": cfg.projection_seed,
