@@ -78,10 +78,10 @@ def loop_gradients(model, batch: list[Example]) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
-def test_per_sample_gradients_equal_a_backward_loop(batch_size):
+@pytest.mark.parametrize(("batch_size", "side"), [(1, "right"), (5, "right"), (5, "left")])
+def test_per_sample_gradients_equal_a_backward_loop(batch_size, side):
     model = tiny_lora_model()
-    featurizer = GradientFeaturizer(model, dim=10**9)
+    featurizer = GradientFeaturizer(model, dim=10**9, padding_side=side)
     batch = examples(5, seed=batch_size)
     expected = loop_gradients(model, batch)
     got = []

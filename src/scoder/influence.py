@@ -143,8 +143,10 @@ class GradientFeaturizer:
         pad_token_id: int = 0,
         optimizer_state: dict[str, AdamState] | None = None,
         missing_state: str = "error",
+        padding_side: str = "right",
     ):
         self.model = model
+        self.padding_side = padding_side
         self.modules = lora_modules(model)
         self.max_length = max_length
         self.pad_token_id = pad_token_id
@@ -187,16 +189,17 @@ class GradientFeaturizer:
             masks.append(labels[: self.max_length])
         width = max(len(r) for r in rows)
         device = next(self.model.parameters()).device
-        # Right padding; attention masks out the pads, and the loss mask drops them.
-        input_ids = torch.tensor(
-            [r + [self.pad_token_id] * (width - len(r)) for r in rows], device=device
-        )
-        attention = torch.tensor(
-            [[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device
-        )
-        loss_mask = torch.tensor(
-            [m + [0] * (width - len(m)) for m in masks], device=device, dtype=torch.float32
-        )
+
+        # Pads are masked out of attention and of the loss; positions are counted over real
+        # tokens only, so either padding side gives every sample its unpadded result.
+        def pad(seq: list[int], value: int) -> list[int]:
+            fill = [value] * (width - len(seq))
+            return fill + seq if self.padding_side == "left" else seq + fill
+
+        input_ids = torch.tensor([pad(r, self.pad_token_id) for r in rows], device=device)
+        attention = torch.tensor([pad([1] * len(r), 0) for r in rows], device=device)
+        loss_mask = torch.tensor([pad(m, 0) for m in masks], device=device, dtype=torch.float32)
+        positions = (attention.cumsum(dim=1) - 1).clamp_min(0)
 
         inputs: dict[str, torch.Tensor] = {}
         grads: dict[str, torch.Tensor] = {}
@@ -210,7 +213,9 @@ class GradientFeaturizer:
             handles.append(module.register_forward_hook(forward_hook))
         try:
             self.model.zero_grad(set_to_none=True)
-            logits = self.model(input_ids=input_ids, attention_mask=attention).logits.float()
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention, position_ids=positions
+            ).logits.float()
             # token t predicts token t+1: the loss of a response token sits one position earlier
             target_mask = loss_mask[:, 1:]
             losses = nn.functional.cross_entropy(
