@@ -206,7 +206,12 @@ class SelectConfig(_Section):
     fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     projection_dim: int = Field(default=8192, ge=16)
     projection_seed: int = 0
-    batch_tokens: int = Field(default=8192, ge=64, description="Padded tokens per micro-batch.")
+    batch_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Padded tokens per micro-batch; none = 16384 on CUDA, "
+        "one long sample at a time on CPU.",
+    )
     max_length: int = Field(default=2048, ge=16)
     missing_optimizer_state: Literal["error", "plain"] = Field(
         default="error",

@@ -328,7 +328,7 @@ def gradient_features(
     projection_dim: int | None = 8192,
     seed: int = 0,
     optimizer_state: dict[str, AdamState] | None = None,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     max_length: int = 2048,
 ) -> torch.Tensor:
     """Per-sample LoRA gradient features, one row per record (see `tokenize_records` for keys).
@@ -337,9 +337,14 @@ def gradient_features(
     `model.named_parameters()` restricted to trainable parameters; otherwise rows are projected
     to projection_dim (SRHT from `seed`) and L2-normalised. With `optimizer_state` the gradients
     are Adam-preconditioned (candidates); without, plain (the reference set D_p). Micro-batches
-    hold at most `batch_tokens` padded tokens. Rows of samples with no response token are NaN.
+    hold at most `batch_tokens` padded tokens (default: 16384 on CUDA; on a CPU one long sample
+    at a time, since padded attention falls off the fast causal path there and costs more than
+    batching saves: see BENCHMARKS.md). Rows of samples with no response token are NaN.
     """
     examples = tokenize_records(tokenizer, records)
+    if batch_tokens is None:
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        batch_tokens = 16384 if on_cuda else max_length
     pad = (
         tokenizer.pad_token_id
         if tokenizer.pad_token_id is not None
