@@ -68,6 +68,31 @@ def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0) -> Pat
     return path
 
 
+def make_candidate(**fields):
+    """A Candidate record with placeholder provenance; tests set what they are about."""
+    from scoder.records import Candidate, SeedSource
+
+    defaults = dict(
+        id="c0",
+        seed_id="s0",
+        seed_text="def f(): pass",
+        seed_source=SeedSource(kind="dir", location="x.py"),
+        model="m",
+        model_digest="sha256:0",
+        template="oss-instruct-v1",
+        template_digest="sha256:1",
+        sampling={},
+        raw_output="",
+        prompt_tokens=1,
+        completion_tokens=1,
+        finish_reason="stop",
+        problem="p",
+        solution="def f(): pass",
+        tests="assert f() is None",
+    )
+    return Candidate(**{**defaults, **fields})
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

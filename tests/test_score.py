@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_candidate
 
 from scoder.config import ScoreConfig, load_config
 from scoder.models import resolve_model
 from scoder.models.hf import TransformersBackend
-from scoder.records import Candidate, Execution, Judgement, SeedSource
+from scoder.records import Execution, Judgement
 from scoder.score import (
     calibration,
     combined_score,
@@ -105,24 +106,10 @@ def candidate(
     checkpoint="base",
     reason=None,
 ):
-    return Candidate(
+    return make_candidate(
         id=cid,
         seed_id=seed_id,
-        seed_text="def f(): pass",
-        seed_source=SeedSource(kind="dir", location="x.py"),
         checkpoint=checkpoint,
-        model="m",
-        model_digest="sha256:0",
-        template="t",
-        template_digest="sha256:1",
-        sampling={},
-        raw_output="",
-        prompt_tokens=1,
-        completion_tokens=1,
-        finish_reason="stop",
-        problem="p",
-        solution="def f(): pass",
-        tests="assert f() is None",
         execution=Execution(
             status=status,
             tests_total=2,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_candidate
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -13,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from scoder.checkpoints import OPTIMIZER_FILE, load_checkpoint, save_checkpoint
 from scoder.config import load_config
 from scoder.errors import ScoderError
-from scoder.records import Candidate, SeedSource
 from scoder.select import run_select, training_records
 from scoder.store import read_jsonl
 
@@ -48,20 +48,10 @@ ROWS = [
 
 
 def candidate(i, seed, problem, solution, tests, score):
-    return Candidate(
+    return make_candidate(
         id=f"c{i}",
         seed_id=f"s{i}",
         seed_text=seed,
-        seed_source=SeedSource(kind="dir", location="x.py"),
-        model="m",
-        model_digest="sha256:0",
-        template="oss-instruct-v1",
-        template_digest="sha256:1",
-        sampling={},
-        raw_output="",
-        prompt_tokens=1,
-        completion_tokens=1,
-        finish_reason="stop",
         problem=problem,
         solution=solution,
         tests=tests,

@@ -7,6 +7,7 @@ Fields are fixed (missing values are null), so each JSONL file has one schema an
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -98,3 +99,18 @@ class Candidate(_Record):
     score: float | None = None
     influence: float | None = None  # filled by the select stage
     drop: Drop | None = None
+
+
+def load_candidates(path: Path, made_by: str) -> list[Candidate]:
+    """The kept candidates of a stage's output file, or one clear error."""
+    from scoder.errors import ScoderError
+    from scoder.store import read_jsonl
+
+    if not path.is_file():
+        raise ScoderError(
+            f"no candidates at {path}: run `scoder {made_by}` first or pass --candidates FILE"
+        )
+    candidates = [c for c in read_jsonl(path, Candidate) if c.drop is None]
+    if not candidates:
+        raise ScoderError(f"{path} holds no kept candidates")
+    return candidates

@@ -28,7 +28,7 @@ import numpy as np
 from scoder.config import Config, ScoreConfig, fingerprint
 from scoder.errors import ScoderError
 from scoder.models.base import GenerationBackend, SamplingParams
-from scoder.records import Candidate, Drop, Execution, Judgement
+from scoder.records import Candidate, Drop, Execution, Judgement, load_candidates
 from scoder.store import RunDir, file_digest, read_jsonl, resumable_chunks, write_json, write_jsonl
 from scoder.templates import JUDGE_TEMPLATES
 
@@ -467,13 +467,7 @@ def run_score(
     cfg = config.score
     run = RunDir(config.run_dir)
     candidates_path = candidates_path or run.stage_dir("synthesize") / "candidates.jsonl"
-    if not candidates_path.is_file():
-        raise ScoderError(
-            f"no candidates at {candidates_path}: run `scoder synthesize` first or pass --candidates FILE"
-        )
-    candidates = [c for c in read_jsonl(candidates_path, Candidate) if c.drop is None]
-    if not candidates:
-        raise ScoderError(f"{candidates_path} holds no accepted candidates to score")
+    candidates = load_candidates(candidates_path, "synthesize")
     isolation = available_isolation() if cfg.sandbox.isolation == "auto" else cfg.sandbox.isolation
     template = JUDGE_TEMPLATES[cfg.template]
     judge_model: dict[str, Any] = {}

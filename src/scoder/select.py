@@ -21,7 +21,7 @@ import numpy as np
 
 from scoder.config import Config, fingerprint
 from scoder.errors import ScoderError
-from scoder.records import Candidate, Drop
+from scoder.records import Candidate, Drop, load_candidates
 from scoder.store import (
     RunDir,
     atomic_write_bytes,
@@ -176,17 +176,13 @@ def run_select(
     cfg = config.select
     run = RunDir(config.run_dir)
     candidates_path = candidates_path or run.stage_dir("score") / "selected.jsonl"
-    if not candidates_path.is_file():
-        raise ScoderError(
-            f"no candidates at {candidates_path}: run `scoder score` first or pass --candidates FILE"
-        )
+    candidates = load_candidates(candidates_path, "score")
     if cfg.dp is None or not Path(cfg.dp).is_file():
         raise ScoderError(f"select.dp must name the D_p file (JSONL); got {cfg.dp}")
     if not cfg.checkpoints:
         raise ScoderError(
             "select.checkpoints is empty: name the synthesizer checkpoints to estimate influence with"
         )
-    candidates = [c for c in read_jsonl(candidates_path, Candidate) if c.drop is None]
     if shard is not None:
         index, count = shard
         if not 1 <= index <= count:
