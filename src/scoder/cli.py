@@ -221,6 +221,47 @@ def select(
 
 @app.command()
 @friendly_errors
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local model directory (default: embedded).")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter", help="NAME=PATH: serve a LoRA adapter as model NAME (repeatable)."
+        ),
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The base model's name in the API (default: its id).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Serve the model (and LoRA adapters) through an OpenAI-compatible HTTP API."""
+    from scoder.config import ModelConfig
+    from scoder.models import resolve_model
+    from scoder.models.hf import TransformersBackend
+    from scoder.serve import serve as run_server
+
+    cfg = ModelConfig(name=model, device=device)
+    adapters = {}
+    for item in adapter or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            raise ScoderError(f"--adapter expects NAME=PATH to an adapter directory (got {item!r})")
+        adapters[name] = path
+    ref = resolve_model(cfg.name, revision=cfg.revision)
+    backend = TransformersBackend(ref, device=cfg.device)
+    name = served_model_name or ref.id
+    err_console.print(
+        f"serving {name} (+ adapters: {', '.join(adapters) or 'none'}) on http://{host}:{port}/v1"
+    )
+    run_server(backend, name, adapters, host, port)
+
+
+@app.command()
+@friendly_errors
 def demo(
     set_: SetOpt = None,
     out: OutOpt = None,

@@ -42,7 +42,25 @@ class ModelConfig(_Section):
         "SmolLM2-135M-Instruct.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "openai"] = Field(
+        default="transformers",
+        description="transformers = in process; openai = any OpenAI-compatible server (base_url).",
+    )
+    base_url: str | None = Field(
+        default=None, description="openai backend: e.g. http://host:8000/v1"
+    )
+    api_key_env: str | None = Field(
+        default=None, description="openai backend: the NAME of the env var holding the API key."
+    )
+    max_concurrency: int = Field(
+        default=16, ge=1, description="openai backend: requests in flight."
+    )
+    max_retries: int = Field(default=5, ge=0, description="openai backend: retries with backoff.")
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    price_per_million_tokens: dict[str, float] | None = Field(
+        default=None,
+        description="openai backend: {prompt: USD, completion: USD} -> cost in the manifest.",
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto = bfloat16 on CUDA, float32 on CPU (no native bf16)."
@@ -58,6 +76,12 @@ class ModelConfig(_Section):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"must be one of auto, cpu, cuda, cuda:N (got {value!r})")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> ModelConfig:
+        if self.backend == "openai" and not (self.base_url and self.name):
+            raise ValueError("the openai backend needs base_url and name (the served model name)")
+        return self
 
     @field_validator("batch_size")
     @classmethod

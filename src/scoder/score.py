@@ -511,6 +511,8 @@ def run_score(
             timings["execution_s"] += time.perf_counter() - started
             started = time.perf_counter()
             b = get_backend()
+            if hasattr(b, "use_request_log"):  # API judges: never pay twice for a request
+                b.use_request_log(out / "requests.jsonl")
             judge_model.update(b.describe())
             judgements = judge(chunk, b, cfg, seed=config.random_seed * 100_003 + number)
             timings["judge_s"] += time.perf_counter() - started

@@ -277,6 +277,8 @@ def run_synthesize(
             }
         )
         out = run.stage_dir(STAGE)
+        if hasattr(backend, "use_request_log"):  # API backends: never pay twice for a request
+            backend.use_request_log(out / "requests.jsonl")
         result = synthesize(
             seeds,
             backend,
@@ -297,6 +299,7 @@ def run_synthesize(
             "prompt_tokens": sum(c.prompt_tokens for c in all_candidates),
             "resumed_chunks": result.resumed_chunks,
         }
+        record.info["model"] = backend.describe()  # with the token usage (and cost) of API backends
         record.info["throughput"] = {
             "generated_tokens": result.generated_tokens,
             "generation_seconds": round(result.generation_seconds, 3),

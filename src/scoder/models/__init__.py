@@ -21,8 +21,23 @@ def _transformers_backend(cfg: ModelConfig) -> GenerationBackend:
     )
 
 
+def _openai_backend(cfg: ModelConfig) -> GenerationBackend:
+    from scoder.models.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(
+        base_url=cfg.base_url or "",
+        model=cfg.name or "",
+        api_key_env=cfg.api_key_env,
+        max_concurrency=cfg.max_concurrency,
+        max_retries=cfg.max_retries,
+        timeout_s=cfg.request_timeout_s,
+        price_per_million_tokens=cfg.price_per_million_tokens,
+    )
+
+
 BACKENDS: dict[str, Callable[[ModelConfig], GenerationBackend]] = {
     "transformers": _transformers_backend,
+    "openai": _openai_backend,
 }
 
 

@@ -1,0 +1,153 @@
+"""`scoder serve`: an OpenAI-compatible HTTP server over the transformers backend.
+
+Serves the base model and any number of LoRA adapters by model name (as `vllm serve
+--lora-modules` does), so CPU users and the tests run the real OpenAI client path end to end, and
+one process can serve every checkpoint of a round. Endpoints: GET /v1/models, POST
+/v1/chat/completions (non-streaming). As with vLLM, `continue_final_message: true` continues a
+trailing assistant message instead of starting a new turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import nullcontext
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scoder.models.base import SamplingParams
+from scoder.models.hf import TransformersBackend
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    n: int = Field(default=1, ge=1, le=128)
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    continue_final_message: bool = False
+
+
+DEFAULT_MAX_TOKENS = 512
+
+
+def create_app(
+    backend: TransformersBackend, served_name: str, adapters: dict[str, str] | None = None
+) -> Any:
+    """The FastAPI app. `adapters` maps a served model name to a LoRA adapter directory."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    adapters = adapters or {}
+    model = backend.model
+    if adapters:
+        from peft import PeftModel
+
+        names = list(adapters)
+        model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
+        for name in names[1:]:
+            model.load_adapter(adapters[name], adapter_name=name)
+        model.eval()
+        backend.model = model
+    lock = threading.Lock()  # one model: requests take turns (each request's n rows are batched)
+    app = FastAPI(title="scoder serve")
+    created = int(time.time())
+
+    def error(status: int, message: str, kind: str) -> JSONResponse:
+        return JSONResponse(
+            status_code=status,
+            content={"error": {"message": message, "type": kind, "code": status}},
+        )
+
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "scoder",
+                    "root": served_name,
+                }
+                for name in [served_name, *adapters]
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    def chat(request: ChatRequest) -> Any:
+        if request.model != served_name and request.model not in adapters:
+            return error(
+                404,
+                f"model {request.model!r} is not served here (serving: {', '.join([served_name, *adapters])})",
+                "model_not_found",
+            )
+        chat_messages = [m.model_dump() for m in request.messages]
+        if chat_messages[-1]["role"] == "assistant" and not request.continue_final_message:
+            return error(
+                400,
+                "a trailing assistant message needs continue_final_message: true",
+                "invalid_request_error",
+            )
+        params = SamplingParams(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_new_tokens=request.max_completion_tokens
+            or request.max_tokens
+            or DEFAULT_MAX_TOKENS,
+            seed=request.seed if request.seed is not None else 0,
+        )
+        with lock:
+            if request.model in adapters:
+                model.set_adapter(request.model)
+                context = nullcontext()
+            else:
+                context = model.disable_adapter() if adapters else nullcontext()
+            with context:
+                (completions,) = backend.generate([chat_messages], request.n, params)
+        prompt_tokens = completions[0].prompt_tokens
+        completion_tokens = sum(c.completion_tokens for c in completions)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(completions)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    return app
+
+
+def serve(
+    backend: TransformersBackend, served_name: str, adapters: dict[str, str], host: str, port: int
+) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_app(backend, served_name, adapters), host=host, port=port, log_level="warning"
+    )
