@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,3 +130,69 @@ def no_network(monkeypatch):
     real_connect = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return attempts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # far from the base model, so outputs differ
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir, adapter_dir):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scoder.cli",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--served-model-name",
+            "tiny",
+            "--adapter",
+            f"ckpt1={adapter_dir}",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scoder serve died: {proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2) as r:
+                json.load(r)
+            break
+        except OSError:
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
-import torch
+from conftest import free_port
 
 from scoder.errors import ScoderError
 from scoder.models import SamplingParams
@@ -21,71 +16,6 @@ CHATS = [
     [{"role": "user", "content": "Write a function."}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "### Problem\n"}],
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
-    )
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)  # far from the base model, so outputs differ
-    path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, adapter_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scoder.cli",
-            "serve",
-            "--model",
-            str(tiny_model_dir),
-            "--served-model-name",
-            "tiny",
-            "--adapter",
-            f"ckpt1={adapter_dir}",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"scoder serve died: {proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as r:
-                json.load(r)
-            break
-        except OSError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_models_list_names_base_and_adapters(server):

@@ -221,6 +221,35 @@ def select(
 
 @app.command()
 @friendly_errors
+def teacher(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    route: Annotated[
+        str | None, typer.Option(help="generate (a model, from seeds), import, or derive.")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="import/derive: a .jsonl/.parquet file or hf:DATASET.")
+    ] = None,
+    seeds_file: Annotated[
+        Path | None, typer.Option("--seeds", help="generate: seeds JSONL (default RUN/seeds).")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Build D_p, the superior samples (RUN/teacher/dp.jsonl)."""
+    from scoder.teacher import run_teacher
+
+    extra = [f"teacher.route={route}"] if route else []
+    if source:
+        extra.append(f"teacher.source={source}")
+    cfg = _config(config, set_, out, extra)
+    run, samples = run_teacher(cfg, seeds_file, force=force)
+    _print_stage_summary(run, "teacher")
+    console.print(f"D_p: {run.stage_dir('teacher') / 'dp.jsonl'}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+@friendly_errors
 def serve(
     model: Annotated[
         str | None, typer.Option(help="Hub id or local model directory (default: embedded).")

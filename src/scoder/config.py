@@ -217,6 +217,34 @@ class ScoreConfig(_Section):
         return self
 
 
+class TeacherConfig(_Section):
+    """How D_p (the superior samples) is made: generated, imported, or derived."""
+
+    route: Literal["generate", "import", "derive"] = Field(
+        default="derive",
+        description="generate = a (strong) model from seeds, with the synthesis prompt; import = "
+        "an OSS-Instruct-style file or dataset; derive = problems + solutions (+ tests), the seed "
+        "cut out of the solution.",
+    )
+    source: str | None = Field(
+        default=None, description="import/derive: a .jsonl/.parquet file or hf:DATASET."
+    )
+    split: str = "train"
+    fields: dict[str, str] = Field(
+        default_factory=lambda: {
+            "seed_text": "seed",
+            "problem": "problem",
+            "solution": "solution",
+            "tests": "tests",
+        },
+        description="record field -> source column (tests optional; a list column is joined by lines).",
+    )
+    window_min_lines: int = Field(default=3, ge=1, description="derive: shortest seed window.")
+    window_max_lines: int = Field(default=8, ge=1, description="derive: longest seed window.")
+    limit: int | None = Field(default=None, ge=1, description="Keep at most this many samples.")
+    license: str | None = Field(default=None, description="Recorded with every sample.")
+
+
 class SelectConfig(_Section):
     """Gradient-based influence against D_p, and the top-k selection (with baselines)."""
 
@@ -253,6 +281,7 @@ class Config(_Section):
     seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
 
 

@@ -71,6 +71,21 @@ class Judgement(_Record):
     raw: list[str] = []
 
 
+class DpSample(_Record):
+    """A superior sample of D_p: what the synthesizer should learn to write."""
+
+    id: str
+    seed_text: str
+    problem: str
+    solution: str
+    tests: str | None = None
+    route: Literal["generate", "import", "derive"]
+    source: str  # file, dataset or model it came from
+    row: int | None = None
+    model: str | None = None  # the teacher model, for generated samples
+    license: str | None = None
+
+
 class Candidate(_Record):
     """One synthesis sample: seed snippet -> (problem, solution, tests), with its provenance."""
 
