@@ -9,9 +9,11 @@ trailing assistant message instead of starting a new turn.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -44,7 +46,12 @@ DEFAULT_MAX_TOKENS = 512
 
 
 def create_app(
-    backend: TransformersBackend, served_name: str, adapters: dict[str, str] | None = None
+    backend: TransformersBackend,
+    served_name: str,
+    adapters: dict[str, str] | None = None,
+    *,
+    max_batch: int = 64,
+    batch_wait_s: float = 0.02,
 ) -> Any:
     """The FastAPI app. `adapters` maps a served model name to a LoRA adapter directory."""
     from fastapi import FastAPI
@@ -61,7 +68,7 @@ def create_app(
             model.load_adapter(adapters[name], adapter_name=name)
         model.eval()
         backend.model = model
-    lock = threading.Lock()  # one model: requests take turns (each request's n rows are batched)
+    batcher = _Batcher(backend, model, adapters, max_batch=max_batch, wait_s=batch_wait_s)
     app = FastAPI(title="scoder serve")
     created = int(time.time())
 
@@ -110,14 +117,7 @@ def create_app(
             or DEFAULT_MAX_TOKENS,
             seed=request.seed if request.seed is not None else 0,
         )
-        with lock:
-            if request.model in adapters:
-                model.set_adapter(request.model)
-                context = nullcontext()
-            else:
-                context = model.disable_adapter() if adapters else nullcontext()
-            with context:
-                (completions,) = backend.generate([chat_messages], request.n, params)
+        completions = batcher.submit(request.model, chat_messages, request.n, params)
         prompt_tokens = completions[0].prompt_tokens
         completion_tokens = sum(c.completion_tokens for c in completions)
         return {
@@ -141,6 +141,75 @@ def create_app(
         }
 
     return app
+
+
+class _Batcher:
+    """Requests that arrive together are generated together.
+
+    One worker thread owns the model. It takes the first waiting request, gathers whatever else
+    arrives within `wait_s` (up to `max_batch` rows), and runs each group of the same model
+    (adapter), n and sampling settings as one `generate` call, so concurrent clients get the
+    batched throughput of the in-process backend. A group shares one seeded random stream: the
+    first request's seed.
+    """
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        model: Any,
+        adapters: dict[str, str],
+        *,
+        max_batch: int,
+        wait_s: float,
+    ):
+        self.backend, self.model, self.adapters = backend, model, adapters
+        self.max_batch, self.wait_s = max_batch, wait_s
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, daemon=True, name="scoder-serve-batcher").start()
+
+    def submit(
+        self, model_name: str, chat: list[dict], n: int, params: SamplingParams
+    ) -> list[Any]:
+        future: Future = Future()
+        self.queue.put((model_name, chat, n, params, future))
+        return future.result()
+
+    def _work(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            rows = batch[0][2]
+            deadline = time.monotonic() + self.wait_s
+            while rows < self.max_batch:
+                try:
+                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                batch.append(item)
+                rows += item[2]
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                name, _, n, params, _ = item
+                key = (name, n, params.temperature, params.top_p, params.max_new_tokens)
+                groups.setdefault(key, []).append(item)
+            for (name, n, *_), items in groups.items():
+                try:
+                    results = self._generate(name, [i[1] for i in items], n, items[0][3])
+                    for item, completions in zip(items, results):
+                        item[4].set_result(completions)
+                except Exception as exc:  # the clients get the error, the worker lives on
+                    for item in items:
+                        item[4].set_exception(exc)
+
+    def _generate(
+        self, name: str, chats: list[list[dict]], n: int, params: SamplingParams
+    ) -> list[list[Any]]:
+        if name in self.adapters:
+            self.model.set_adapter(name)
+            context = nullcontext()
+        else:
+            context = self.model.disable_adapter() if self.adapters else nullcontext()
+        with context:
+            return self.backend.generate(chats, n, params)
 
 
 def serve(

@@ -206,6 +206,16 @@ class OpenAIBackend:
                 f"the server at {self.base_url} answered {exc.status_code}: {str(exc)[:300]}; "
                 "finished requests are kept, run again to resume"
             ) from None
+        except (
+            json.JSONDecodeError,
+            self._openai.APIResponseValidationError,
+            AttributeError,
+            TypeError,
+        ) as exc:
+            raise ScoderError(
+                f"the server at {self.base_url} sent a malformed response ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); finished requests are kept, run again to resume"
+            ) from None
         finally:
             if log:
                 log.close()
