@@ -461,7 +461,7 @@ def run_score(
     backend: GenerationBackend | None = None,
 ) -> tuple[RunDir, ScoreResult]:
     """`scoder score`: synthesize's candidates -> scored, selected (best per seed), rejected."""
-    from scoder.models import load_backend
+    from scoder.models import load_backend, log_requests
     from scoder.sandbox import available_isolation
 
     cfg = config.score
@@ -511,8 +511,7 @@ def run_score(
             timings["execution_s"] += time.perf_counter() - started
             started = time.perf_counter()
             b = get_backend()
-            if hasattr(b, "use_request_log"):  # API judges: never pay twice for a request
-                b.use_request_log(out / "requests.jsonl")
+            log_requests(b, out)
             judge_model.update(b.describe())
             judgements = judge(chunk, b, cfg, seed=config.random_seed * 100_003 + number)
             timings["judge_s"] += time.perf_counter() - started

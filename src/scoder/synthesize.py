@@ -242,7 +242,7 @@ def run_synthesize(
     backend: GenerationBackend | None = None,
 ) -> tuple[RunDir, SynthesisResult]:
     """`scoder synthesize`: seeds file -> candidates.jsonl + rejected.jsonl in the run dir."""
-    from scoder.models import load_backend
+    from scoder.models import load_backend, log_requests
 
     run = RunDir(config.run_dir)
     seeds_path = seeds_path or run.stage_dir("seeds") / "seeds.jsonl"
@@ -277,8 +277,7 @@ def run_synthesize(
             }
         )
         out = run.stage_dir(STAGE)
-        if hasattr(backend, "use_request_log"):  # API backends: never pay twice for a request
-            backend.use_request_log(out / "requests.jsonl")
+        log_requests(backend, out)
         result = synthesize(
             seeds,
             backend,

@@ -126,7 +126,7 @@ def run_teacher(
         "random_seed": config.random_seed,
     }
     if cfg.route == "generate":
-        from scoder.models import load_backend
+        from scoder.models import load_backend, log_requests
         from scoder.synthesize import synthesize
 
         seeds_path = seeds_path or run.stage_dir("seeds") / "seeds.jsonl"
@@ -145,14 +145,9 @@ def run_teacher(
         out = run.stage_dir(STAGE)
         rejected: list[Any] = []
         if cfg.route == "generate":
-            seeds = (
-                read_jsonl(seeds_path, Seed)[: cfg.limit]
-                if cfg.limit
-                else read_jsonl(seeds_path, Seed)
-            )
+            seeds = read_jsonl(seeds_path, Seed)[: cfg.limit or None]
             backend = backend or load_backend(config.model)
-            if hasattr(backend, "use_request_log"):  # a killed run resumes without paying twice
-                backend.use_request_log(out / "requests.jsonl")
+            log_requests(backend, out)
             result = synthesize(
                 seeds,
                 backend,

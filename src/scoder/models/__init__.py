@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from scoder.config import ModelConfig
 from scoder.models.base import Chat, Completion, GenerationBackend, SamplingParams
@@ -45,6 +46,12 @@ def load_backend(cfg: ModelConfig) -> GenerationBackend:
     return BACKENDS[cfg.backend](cfg)
 
 
+def log_requests(backend: GenerationBackend, stage_dir: Path) -> None:
+    """API backends keep finished requests in the stage's directory: a re-run never pays twice."""
+    if hasattr(backend, "use_request_log"):
+        backend.use_request_log(stage_dir / "requests.jsonl")
+
+
 __all__ = [
     "BACKENDS",
     "EMBEDDED_MODEL_ID",
@@ -54,5 +61,6 @@ __all__ = [
     "ModelRef",
     "SamplingParams",
     "load_backend",
+    "log_requests",
     "resolve_model",
 ]
