@@ -221,6 +221,38 @@ def select(
 
 @app.command()
 @friendly_errors
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Training rows JSONL (e.g. RUN/teacher/dp.jsonl).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="synthesizer or code.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local model directory (default: embedded).")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Fine-tune with TRL (LoRA by default); a checkpoint per epoch for influence (RUN/train/)."""
+    from scoder.train import run_train
+
+    extra = [f"train.task={task}"] if task else []
+    if model:
+        extra.append(f"model.name={model}")
+    cfg = _config(config, set_, out, extra)
+    run, result = run_train(cfg, data, force=force)
+    _print_stage_summary(run, "train")
+    for ckpt in result["checkpoints"]:
+        console.print(
+            f"  {ckpt['path']}  (step {ckpt['step']}, mean lr {ckpt['mean_lr']:.3g})",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+@app.command()
+@friendly_errors
 def teacher(
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -245,6 +245,33 @@ class TeacherConfig(_Section):
     license: str | None = Field(default=None, description="Recorded with every sample.")
 
 
+class TrainConfig(_Section):
+    """Supervised fine-tuning (TRL SFTTrainer) of the synthesizer or the code model."""
+
+    task: Literal["synthesizer", "code"] = "synthesizer"
+    data: Path | None = Field(
+        default=None, description="JSONL rows (seed_text,) problem, solution(, tests)."
+    )
+    limit: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=2, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=2048, ge=16)
+    lora: bool = True
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    save_every_steps: int | None = Field(
+        default=None, ge=1, description="Checkpoint every k steps instead of every epoch."
+    )
+
+
 class SelectConfig(_Section):
     """Gradient-based influence against D_p, and the top-k selection (with baselines)."""
 
@@ -282,6 +309,7 @@ class Config(_Section):
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
 
 
