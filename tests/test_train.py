@@ -128,3 +128,53 @@ def test_trained_checkpoints_feed_select(tmp_path, tiny_model_dir, dp_file):
     assert [
         c["adam_preconditioned"] for c in run.load_manifest()["stages"]["select"]["checkpoints"]
     ] == [True, True]
+
+
+def test_multi_checkpoint_sampling_switches_adapters_on_one_model(
+    tmp_path, tiny_model_dir, dp_file, adapter_dir
+):
+    """N samples per seed from each of M checkpoints; each candidate says which one wrote it."""
+    from scoder.records import Candidate
+    from scoder.seeds import run_seeds
+    from scoder.store import read_jsonl
+    from scoder.synthesize import run_synthesize
+    from scoder.train import run_train
+
+    trained = run_train(
+        load_config(None, settings(tmp_path, tiny_model_dir, dp_file, "t", "train.epochs=1"))
+    )[1]
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "m.py").write_text(
+        "def f(x):\n    y = x + 1\n    return y\n\n\ndef g(x):\n    z = x * 2\n    return z\n"
+    )
+    sets = [
+        f"run_dir={tmp_path / 'run'}",
+        f"seeds.source={code}",
+        f"model.name={tiny_model_dir}",
+        "model.device=cpu",
+        "synthesis.n=2",
+        "synthesis.max_new_tokens=8",
+        "synthesis.temperature=0",
+        f"synthesis.checkpoints=[{trained['checkpoints'][0]['path']}, {adapter_dir}]",
+    ]
+    cfg = load_config(None, sets)
+    run_seeds(cfg)
+    run, result = run_synthesize(cfg)
+    cands = result.accepted + result.rejected
+    names = {c.checkpoint for c in cands}
+    assert names == {"epoch-1", adapter_dir.name} and len(cands) == 2 * 2 * 2
+    assert {(c.seed_id, c.checkpoint, c.sample_index) for c in cands}.__len__() == 8
+    by_ckpt = {n: sorted(c.raw_output for c in cands if c.checkpoint == n) for n in names}
+    assert by_ckpt["epoch-1"] != by_ckpt[adapter_dir.name]  # the adapters really switched
+    counts = run.load_manifest()["stages"]["synthesize"]["counts"]
+    assert counts["per_checkpoint"] == {"epoch-1": 4, adapter_dir.name: 4}
+    assert (
+        len(read_jsonl(run.stage_dir("synthesize") / "rejected.jsonl", Candidate))
+        + len(result.accepted)
+        == 8
+    )
+    with pytest.raises(ScoderError, match="is not a LoRA adapter directory"):
+        run_synthesize(
+            load_config(None, [*sets[:-1], f"synthesis.checkpoints=[{tmp_path}]"]), force=True
+        )

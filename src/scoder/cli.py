@@ -120,6 +120,10 @@ def synthesize(
         str | None, typer.Option(help="Hub id or local model directory (default: embedded).")
     ] = None,
     n: Annotated[int | None, typer.Option("--n", help="Samples per seed.")] = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="a,b,c: LoRA checkpoints to sample from (n per seed from each)."),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Turn each seed snippet into a problem, a solution and unit tests (RUN/synthesize/)."""
@@ -128,6 +132,10 @@ def synthesize(
     extra = [f"model.name={model}"] if model else []
     if n is not None:
         extra.append(f"synthesis.n={n}")
+    if checkpoints:
+        extra.append(
+            "synthesis.checkpoints=[" + ", ".join(c.strip() for c in checkpoints.split(",")) + "]"
+        )
     cfg = _config(config, set_, out, extra)
     run, result = run_synthesize(cfg, seeds_file, force=force)
     _print_stage_summary(run, "synthesize")

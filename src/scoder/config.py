@@ -126,6 +126,11 @@ class SynthesisConfig(_Section):
     chunk_size: int = Field(
         default=32, ge=1, description="Seeds per saved chunk; a re-run resumes after the last one."
     )
+    checkpoints: list[Path] = Field(
+        default_factory=list,
+        description="LoRA checkpoints (adapter dirs) of the synthesizer: n samples per seed from "
+        "each, switched on one loaded base model (multi-checkpoint sampling).",
+    )
 
     @field_validator("template")
     @classmethod

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scoder.config import Config, SynthesisConfig, fingerprint
 from scoder.errors import ScoderError
@@ -234,6 +235,43 @@ def make_candidate(
     )
 
 
+def checkpoint_names(paths: list[Path]) -> dict[str, Path]:
+    """A short, unique name per checkpoint (its directory name; numbered when two share one)."""
+    names: dict[str, Path] = {}
+    for i, path in enumerate(paths):
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise ScoderError(f"synthesis.checkpoints: {path} is not a LoRA adapter directory")
+        name = path.name if path.name not in names else f"{path.name}-{i}"
+        names[name] = path
+    return names
+
+
+def attach_adapters(backend: GenerationBackend, checkpoints: dict[str, Path]) -> Any:
+    """Load every checkpoint's adapter onto the one base model; return a switch(name) context."""
+    from contextlib import contextmanager
+
+    from peft import PeftModel
+
+    model = getattr(backend, "model", None)
+    if model is None:
+        raise ScoderError(
+            "multi-checkpoint sampling needs the transformers backend (an in-process model)"
+        )
+    names = list(checkpoints)
+    peft_model = PeftModel.from_pretrained(model, checkpoints[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.load_adapter(checkpoints[name], adapter_name=name)
+    backend.model = peft_model.eval()
+
+    @contextmanager
+    def switch(name: str):
+        peft_model.set_adapter(name)
+        yield
+
+    return switch
+
+
 def run_synthesize(
     config: Config,
     seeds_path: Path | None = None,
@@ -258,9 +296,14 @@ def run_synthesize(
     template = SYNTHESIS_TEMPLATES[config.synthesis.template]
     synth_cfg = config.synthesis.model_dump(mode="json")
     synth_cfg.pop("chunk_size")  # decides where work is saved, not what is generated
+    checkpoints = checkpoint_names(config.synthesis.checkpoints)
     stage_fp = fingerprint(
         {
             "synthesis": synth_cfg,
+            "checkpoints": {
+                name: file_digest(Path(p) / "adapter_model.safetensors")
+                for name, p in checkpoints.items()
+            },
             "chunk_size": config.synthesis.chunk_size,
             "model_digest": model["digest"],
             "template": template.digest,
@@ -278,19 +321,40 @@ def run_synthesize(
         )
         out = run.stage_dir(STAGE)
         log_requests(backend, out)
-        result = synthesize(
-            seeds,
-            backend,
-            config.synthesis,
-            parts_dir=out / "parts",
-            random_seed=config.random_seed,
-        )
+        if checkpoints:
+            result = SynthesisResult()
+            switch = attach_adapters(backend, checkpoints)
+            for name in checkpoints:
+                with switch(name):
+                    part = synthesize(
+                        seeds,
+                        backend,
+                        config.synthesis,
+                        parts_dir=out / "parts" / name,
+                        random_seed=config.random_seed,
+                        checkpoint=name,
+                    )
+                result.accepted += part.accepted
+                result.rejected += part.rejected
+                result.generated_tokens += part.generated_tokens
+                result.generation_seconds += part.generation_seconds
+                result.resumed_chunks += part.resumed_chunks
+            record.info["checkpoints"] = {name: str(p) for name, p in checkpoints.items()}
+        else:
+            result = synthesize(
+                seeds,
+                backend,
+                config.synthesis,
+                parts_dir=out / "parts",
+                random_seed=config.random_seed,
+            )
         write_jsonl(out / "candidates.jsonl", result.accepted)
         write_jsonl(out / "rejected.jsonl", result.rejected)
         all_candidates = result.accepted + result.rejected
         record.counts = {
             "seeds": len(seeds),
             "generated": len(all_candidates),
+            "per_checkpoint": dict(Counter(c.checkpoint for c in all_candidates)),
             "accepted": len(result.accepted),
             "rejected": len(result.rejected),
             "rejected_by_reason": dict(Counter(c.drop.reason for c in result.rejected if c.drop)),
