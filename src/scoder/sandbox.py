@@ -467,6 +467,31 @@ def _claim_uid() -> int:
                 return uid
 
 
+def _processes_of(uid: int) -> list[int]:
+    """Live processes owned by `uid` (the owner of /proc/PID is the process's uid)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    with open(f"/proc/{entry}/stat", "rb") as fh:
+                        state = fh.read().rsplit(b")", 1)[1].split()[0]
+                    if state not in (b"Z", b"X"):
+                        found.append(int(entry))
+    return found
+
+
+def _wait_until_gone(uid: int, timeout_s: float = 5.0) -> None:
+    """A killed pid namespace dies asynchronously: return only when the run's processes are gone
+    (killing any straggler), so nothing of a program outlives `run_program`."""
+    deadline = time.monotonic() + timeout_s
+    while (pids := _processes_of(uid)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
 def _release_uid(uid: int) -> None:
     with _uid_lock:
         _uids_in_use.discard(uid)
@@ -907,6 +932,8 @@ def _execute(
         except OSError as e:  # e.g. out of processes or fds: not the program's doing
             return result("error", 0, "", _one_line(f"sandbox failed to start: {_one_line(e)}"))
     finally:
+        if uid is not None:
+            _wait_until_gone(uid)
         _remove_tree(work)
         if uid is not None:
             _release_uid(uid)
