@@ -426,9 +426,7 @@ class ScoreResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _weights(
-    config: Config, scored: list[Candidate], fit_labels: str | None, out: Path
-) -> dict[str, Any]:
+def _weights(config: Config, scored: list[Candidate], fit_labels: str | None) -> dict[str, Any]:
     cfg = config.score
     if fit_labels:
         names = [a.name for a in cfg.aspects] + [EXECUTION_FEATURE]
@@ -528,7 +526,7 @@ def run_score(
             scored.extend(records)
             resumed += was_resumed
 
-        weights_info = _weights(config, scored, fit_labels, out)
+        weights_info = _weights(config, scored, fit_labels)
         weights = weights_info["weights"]
         scored = [c.model_copy(update={"score": combined_score(c, weights)}) for c in scored]
         selected, rejected = select_best(scored, weights, cfg)

@@ -30,7 +30,6 @@ from scoder.store import (
     write_json,
     write_jsonl,
 )
-from scoder.templates import SYNTHESIS_TEMPLATES
 
 STAGE = "select"
 
@@ -38,22 +37,18 @@ STAGE = "select"
 def training_records(
     rows: list[dict[str, Any]], tokenizer: Any, template_id: str, source: str
 ) -> list[dict[str, str]]:
-    """Synthesizer training samples: synthesis prompt + seed -> problem, solution, tests."""
-    template = SYNTHESIS_TEMPLATES[template_id]
-    out = []
-    for i, row in enumerate(rows):
-        for key in ("seed_text", "problem", "solution"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise ScoderError(f"{source}: row {i + 1} has no text field {key!r}")
-        chat = template.chat(row["seed_text"])[:-1]  # without the answer's prefix
-        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        out.append(
-            {
-                "prompt": prompt,
-                "response": template.answer(row["problem"], row["solution"], row.get("tests")),
-            }
-        )
-    return out
+    """The synthesizer's training samples exactly as `scoder train` builds them, as text."""
+    from scoder.train import build_examples
+
+    return [
+        {
+            "prompt": tokenizer.apply_chat_template(
+                ex["prompt"], tokenize=False, add_generation_prompt=True
+            ),
+            "response": ex["completion"][0]["content"],
+        }
+        for ex in build_examples(rows, "synthesizer", template_id, source)
+    ]
 
 
 def _text_key(record: dict[str, str]) -> str:

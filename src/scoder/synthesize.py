@@ -13,6 +13,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,33 +322,26 @@ def run_synthesize(
         )
         out = run.stage_dir(STAGE)
         log_requests(backend, out)
+        # Without checkpoints, the loaded model is the one "base" checkpoint.
+        switch = attach_adapters(backend, checkpoints) if checkpoints else None
+        result = SynthesisResult()
+        for name in checkpoints or ["base"]:
+            with switch(name) if switch else nullcontext():
+                part = synthesize(
+                    seeds,
+                    backend,
+                    config.synthesis,
+                    parts_dir=out / "parts" / name if switch else out / "parts",
+                    random_seed=config.random_seed,
+                    checkpoint=name,
+                )
+            result.accepted += part.accepted
+            result.rejected += part.rejected
+            result.generated_tokens += part.generated_tokens
+            result.generation_seconds += part.generation_seconds
+            result.resumed_chunks += part.resumed_chunks
         if checkpoints:
-            result = SynthesisResult()
-            switch = attach_adapters(backend, checkpoints)
-            for name in checkpoints:
-                with switch(name):
-                    part = synthesize(
-                        seeds,
-                        backend,
-                        config.synthesis,
-                        parts_dir=out / "parts" / name,
-                        random_seed=config.random_seed,
-                        checkpoint=name,
-                    )
-                result.accepted += part.accepted
-                result.rejected += part.rejected
-                result.generated_tokens += part.generated_tokens
-                result.generation_seconds += part.generation_seconds
-                result.resumed_chunks += part.resumed_chunks
             record.info["checkpoints"] = {name: str(p) for name, p in checkpoints.items()}
-        else:
-            result = synthesize(
-                seeds,
-                backend,
-                config.synthesis,
-                parts_dir=out / "parts",
-                random_seed=config.random_seed,
-            )
         write_jsonl(out / "candidates.jsonl", result.accepted)
         write_jsonl(out / "rejected.jsonl", result.rejected)
         all_candidates = result.accepted + result.rejected
