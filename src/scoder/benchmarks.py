@@ -155,7 +155,7 @@ def load_benchmark(name: str, path: str | Path | None = None) -> list[BenchmarkT
     if path is None:
         if name != "humaneval":
             raise BenchmarkError(
-                f"benchmark {name!r} needs a file: set eval.benchmark_files.{name} in the config"
+                f"benchmark {name!r} needs a file: set benchmark_files.{name} in the config"
             )
         path = humaneval_path()
     tasks = _LOADERS[name](Path(path))

