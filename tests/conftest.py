@@ -27,8 +27,11 @@ CHATML = (
 )
 
 
-def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0) -> Path:
-    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained on a few lines."""
+def build_tiny_model(
+    path: Path, *, vocab_size: int = 400, seed: int = 0, chat_template: bool = True
+) -> Path:
+    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained on a few lines
+    (with a ChatML chat template like an instruct model, or without one like a base model)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -51,7 +54,8 @@ def build_tiny_model(path: Path, *, vocab_size: int = 400, seed: int = 0) -> Pat
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", bos_token=None
     )
-    fast.chat_template = CHATML
+    if chat_template:
+        fast.chat_template = CHATML
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else len(fast),
@@ -101,6 +105,11 @@ def make_candidate(**fields):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-base-model"), chat_template=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

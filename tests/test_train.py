@@ -6,6 +6,7 @@ import json
 from importlib import resources
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from scoder.checkpoints import load_checkpoint
@@ -178,3 +179,103 @@ def test_multi_checkpoint_sampling_switches_adapters_on_one_model(
         run_synthesize(
             load_config(None, [*sets[:-1], f"synthesis.checkpoints=[{tmp_path}]"]), force=True
         )
+
+
+def test_named_optimizer_state_is_the_trainers_own(tmp_path, tiny_model_dir, dp_file):
+    """The last checkpoint's Adam state, looked up by parameter name, equals what the trainer's
+    optimizer holds for that very parameter object."""
+    from transformers import AutoModelForCausalLM
+
+    from scoder.train import run_train
+
+    out = run_train(load_config(None, settings(tmp_path, tiny_model_dir, dp_file)))[1]
+    trainer = out["trainer"]
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    _, ckpt = load_checkpoint(
+        out["checkpoints"][-1]["path"], AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    )
+    live = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert set(ckpt.optimizer_state) == set(live)
+    for name, param in live.items():
+        state = optimizer.state[param]
+        saved = ckpt.optimizer_state[name]
+        assert torch.equal(saved.exp_avg, state["exp_avg"].float())
+        assert torch.equal(saved.exp_avg_sq, state["exp_avg_sq"].float())
+        assert saved.step == int(state["step"]) == 6
+    # names, not positions: a shuffled parameter order finds the same state
+    for name in sorted(live, reverse=True)[:2]:
+        assert not torch.equal(ckpt.optimizer_state[name].exp_avg, torch.zeros(1))
+
+
+def test_code_task_model_loads_with_transformers_and_peft(tmp_path, tiny_model_dir, dp_file):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from scoder.cli import app
+
+    args = ["train", "--task", "code", "--out", str(tmp_path / "run")]
+    for item in settings(tmp_path, tiny_model_dir, dp_file)[1:]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, [*args, "--set", "train.merge=true"])
+    assert result.exit_code == 0, result.output
+    stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train"]
+    assert stage["task"] == "code" and stage["format"] == "chat template"
+    ckpt = stage["checkpoints"][-1]["path"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with_adapter = PeftModel.from_pretrained(base, ckpt)
+    merged = AutoModelForCausalLM.from_pretrained(stage["merged_model"])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(
+        with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+    )
+    # the adapter really changed the model
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(plain(input_ids=ids).logits, merged(input_ids=ids).logits)
+
+
+@pytest.mark.slow
+def test_embedded_model_learns_dp_and_its_checkpoints_generate(tmp_path):
+    """A short LoRA run of the real embedded model on two D_p samples: the completion loss on
+    them goes down, and each epoch's checkpoint loads and generates."""
+    from scoder.seeds import run_seeds
+    from scoder.synthesize import run_synthesize
+    from scoder.train import run_train
+
+    rows = (resources.files("scoder") / "data" / "dp_mbpp_train.jsonl").read_text().splitlines()
+    shortest = sorted(rows, key=len)[:2]
+    data = tmp_path / "dp.jsonl"
+    data.write_text("\n".join(shortest) + "\n")
+    sets = [
+        f"run_dir={tmp_path / 'run'}",
+        f"train.data={data}",
+        f"train.eval_data={data}",
+        "train.epochs=2",
+        "train.batch_size=3",
+        "train.learning_rate=2e-3",
+        "train.lora_r=16",
+        "train.max_length=1024",
+    ]
+    run, out = run_train(load_config(None, sets))
+    before, *after = out["eval_losses"]
+    assert len(after) == 2 and after[-1] < before * 0.9, out["eval_losses"]
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "m.py").write_text("def double(x):\n    y = x * 2\n    return y\n")
+    paths = ", ".join(c["path"] for c in out["checkpoints"])
+    cfg = load_config(
+        None,
+        [
+            *sets[:1],
+            f"seeds.source={code}",
+            "seeds.min_lines=1",
+            "synthesis.max_new_tokens=24",
+            "synthesis.temperature=0",
+            f"synthesis.checkpoints=[{paths}]",
+        ],
+    )
+    run_seeds(cfg)
+    _, result = run_synthesize(cfg)
+    cands = result.accepted + result.rejected
+    assert {c.checkpoint for c in cands} == {"epoch-1", "epoch-2"}
+    assert all(c.completion_tokens > 0 and c.raw_output.strip() for c in cands)

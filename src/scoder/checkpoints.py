@@ -89,6 +89,11 @@ def load_checkpoint(
 
     path = Path(path)
     info_file = path / CHECKPOINT_INFO
+    if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{path} holds full fine-tuned weights (train.lora=false): load it as a model "
+            "directory; influence and multi-checkpoint sampling need LoRA checkpoints"
+        )
     if not (path / "adapter_config.json").is_file() or not info_file.is_file():
         raise CheckpointError(
             f"{path} is not a scoder checkpoint (needs adapter_config.json and {CHECKPOINT_INFO})"

@@ -275,6 +275,26 @@ class TrainConfig(_Section):
     save_every_steps: int | None = Field(
         default=None, ge=1, description="Checkpoint every k steps instead of every epoch."
     )
+    template: Literal["auto", "chat", "plain"] = Field(
+        default="auto",
+        description="chat = the tokenizer's chat template (instruct models); plain = an "
+        "instruction transcript (base models); auto = chat when the tokenizer has one.",
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack examples into max_length rows (TRL best-fit, padding-free): fewer "
+        "padding tokens; sequences never attend across examples.",
+    )
+    eval_data: Path | None = Field(
+        default=None,
+        description="JSONL rows whose completion loss is measured before training and after "
+        "every epoch (e.g. held-out D_p).",
+    )
+    merge: bool = Field(
+        default=False,
+        description="Also write the final model with the adapter merged (RUN/train/model/), "
+        "loadable by any tool without peft.",
+    )
 
 
 class SelectConfig(_Section):

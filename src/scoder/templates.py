@@ -100,6 +100,30 @@ assert clamp_list([-3, 3], -1, 1) == [-1, 1]
 
 SYNTHESIS_TEMPLATES: dict[str, SynthesisTemplate] = {t.id: t for t in (OSS_INSTRUCT_V1,)}
 
+PLAIN_TEMPLATE_ID = "plain-v1"
+
+
+def render_plain(chat: Chat) -> str:
+    """A chat as a plain instruction transcript, for base models without a chat template.
+
+    Training (`scoder train`) and generation (the transformers backend) both use this, so a base
+    model fine-tuned on it is prompted the way it was trained. A chat ending in a user turn opens
+    a response; one ending in an assistant turn is continued from its text.
+    """
+    parts = []
+    for message in chat:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            parts.append(content.strip())
+        elif role == "user":
+            parts.append(f"### Instruction\n{content.strip()}")
+        else:
+            parts.append(f"### Response\n{content}")
+    text = "\n\n".join(parts)
+    if not chat or chat[-1]["role"] != "assistant":
+        text += "\n\n### Response\n"
+    return text
+
 
 @dataclass(frozen=True)
 class JudgeTemplate:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from scoder.models.base import Chat, Completion, SamplingParams
 from scoder.models.loading import ModelRef
+from scoder.templates import render_plain
 
 # One decoding step costs about the same at batch 1 and batch 16 on a CPU (weight reads dominate),
 # and at batch 1 and 64 on a GPU (per-step Python overhead dominates): see BENCHMARKS.md.
@@ -107,10 +108,8 @@ class TransformersBackend:
                 continue_final_message=continuing,
             )
             return text, True
-        # Base models without a chat template get a plain transcript.
-        parts = [m["content"] for m in chat[:-1]] if continuing else [m["content"] for m in chat]
-        text = "\n\n".join(parts) + "\n\n" + (chat[-1]["content"] if continuing else "")
-        return text, False
+        # Base models without a chat template get the plain transcript they are trained on.
+        return render_plain(chat), False
 
     def encode(self, chats: Sequence[Chat]) -> list[list[int]]:
         out = []
