@@ -290,6 +290,44 @@ def teacher(
 
 @app.command()
 @friendly_errors
+def decontaminate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", help="JSONL of seeds, D_p samples or candidates."),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="seed, dp or candidate (default: told by the records' fields)."),
+    ] = None,
+    benchmarks: Annotated[
+        str | None,
+        typer.Option(
+            help="a,b: benchmarks to check against (humaneval, mbppplus, mbpp; default: "
+            "humaneval, plus those benchmark_files names; '' = none, only near-duplicates)."
+        ),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Drop records that copy a benchmark (substring, word n-grams) and near-duplicates (MinHash)
+    into RUN/decontaminate/ (kept.jsonl, dropped.jsonl with reasons, summary.json)."""
+    from scoder.decontaminate import STAGE, decontaminate_file
+
+    extra = []
+    if benchmarks is not None:
+        names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+        extra.append("decontaminate.benchmarks=[" + ", ".join(names) + "]")
+    cfg = _config(config, set_, out, extra)
+    run, _, _ = decontaminate_file(cfg, input_file, kind, force=force)
+    _print_stage_summary(run, STAGE)
+    for name in ("kept.jsonl", "dropped.jsonl", "summary.json"):
+        console.print(f"  {run.stage_dir(STAGE) / name}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+@friendly_errors
 def serve(
     model: Annotated[
         str | None, typer.Option(help="Hub id or local model directory (default: embedded).")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scoder.benchmarks import BenchmarkName
 from scoder.errors import ScoderError
 
 
@@ -334,6 +335,39 @@ class BenchmarkFilesConfig(_Section):
     mbpp: Path | None = Field(default=None, description="Original MBPP JSONL (test split used).")
 
 
+class DecontaminateConfig(_Section):
+    """Benchmark overlap (substring, word n-grams) and near-duplicate (MinHash) removal."""
+
+    benchmarks: list[BenchmarkName] | None = Field(
+        default=None,
+        description="Benchmarks to check against; none = humaneval, plus mbppplus and mbpp when "
+        "benchmark_files names their files; [] = no benchmark checks.",
+    )
+    min_chars: int = Field(
+        default=50,
+        ge=1,
+        description="Substring check: shortest text (whitespace collapsed) that counts as a copy "
+        "when found inside another, so one-liners like `return a + b` match nothing (a text "
+        "equal to a benchmark text counts at any length).",
+    )
+    ngram: int = Field(default=10, ge=1, description="Words per n-gram of the overlap check.")
+    min_ngram_matches: int = Field(
+        default=1, ge=1, description="Shared n-grams with one task that make a record contaminated."
+    )
+    max_ngram_tasks: int | None = Field(
+        default=2,
+        ge=1,
+        description="An n-gram found in more tasks of one benchmark is boilerplate ('write a "
+        "python function to check whether the given number') and not indexed; none = keep all.",
+    )
+    near_duplicates: bool = Field(default=True, description="Drop near-duplicates (MinHash LSH).")
+    near_duplicate_threshold: float = Field(
+        default=0.85, gt=0.0, le=1.0, description="Estimated Jaccard of word shingles."
+    )
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations.")
+    shingle: int = Field(default=5, ge=1, description="Words per shingle of the MinHash.")
+
+
 class Config(_Section):
     """One run of scoder."""
 
@@ -347,6 +381,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     benchmark_files: BenchmarkFilesConfig = Field(default_factory=BenchmarkFilesConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
 
 def fingerprint(data: Any) -> str:
