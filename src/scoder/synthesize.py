@@ -279,6 +279,7 @@ def run_synthesize(
     *,
     force: bool = False,
     backend: GenerationBackend | None = None,
+    round_number: int = 0,
 ) -> tuple[RunDir, SynthesisResult]:
     """`scoder synthesize`: seeds file -> candidates.jsonl + rejected.jsonl in the run dir."""
     from scoder.models import load_backend, log_requests
@@ -310,6 +311,7 @@ def run_synthesize(
             "template": template.digest,
             "seeds": file_digest(seeds_path),
             "random_seed": config.random_seed,
+            "round": round_number,
         }
     )
     with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
@@ -333,6 +335,7 @@ def run_synthesize(
                     config.synthesis,
                     parts_dir=out / "parts" / name if switch else out / "parts",
                     random_seed=config.random_seed,
+                    round=round_number,
                     checkpoint=name,
                 )
             result.accepted += part.accepted

@@ -24,6 +24,20 @@ from scoder.store import RunDir, file_digest, read_jsonl, write_jsonl
 STAGE = "teacher"
 
 
+BUILTIN_DP = "builtin:mbpp-train"  # the D_p shipped with scoder (MBPP train split, CC-BY-4.0)
+
+
+def builtin_path(source: str) -> Path | None:
+    """The file behind a `builtin:` source, or None for any other source."""
+    if source != BUILTIN_DP:
+        if source.startswith("builtin:"):
+            raise ScoderError(f"unknown built-in source {source!r}; there is {BUILTIN_DP!r}")
+        return None
+    from importlib import resources
+
+    return Path(str(resources.files("scoder") / "data" / "dp_mbpp_train.jsonl"))
+
+
 def _rows(source: str, split: str) -> tuple[list[dict[str, Any]], str]:
     import datasets
 
@@ -31,7 +45,7 @@ def _rows(source: str, split: str) -> tuple[list[dict[str, Any]], str]:
         if source.startswith("hf:"):
             table = datasets.load_dataset(source[3:], split=split)
         else:
-            path = Path(source).expanduser()
+            path = builtin_path(source) or Path(source).expanduser()
             if not path.is_file():
                 raise ScoderError(f"teacher.source not found: {source}")
             builder = "parquet" if path.suffix == ".parquet" else "json"
@@ -139,8 +153,8 @@ def run_teacher(
             synthesis=config.synthesis.model_dump(mode="json"),
             seeds=file_digest(seeds_path),
         )
-    elif cfg.source and Path(cfg.source).is_file():
-        identity["source"] = file_digest(cfg.source)
+    elif cfg.source and (builtin_path(cfg.source) or Path(cfg.source)).is_file():
+        identity["source"] = file_digest(builtin_path(cfg.source) or cfg.source)
     with run.stage(STAGE, config=config, fingerprint=fingerprint(identity), force=force) as record:
         out = run.stage_dir(STAGE)
         rejected: list[Any] = []

@@ -186,6 +186,9 @@ def build_trainer(
 
     cfg = config.train
     device = next(model.parameters()).device
+    from peft import PeftModel
+
+    already_adapted = isinstance(model, PeftModel)  # continuing an earlier adapter
     peft_config = (
         LoraConfig(
             r=cfg.lora_r,
@@ -194,7 +197,7 @@ def build_trainer(
             target_modules=list(cfg.lora_targets),
             task_type="CAUSAL_LM",
         )
-        if cfg.lora
+        if cfg.lora and not already_adapted
         else None
     )
     evaluate_every = {"eval_strategy": "no"}
@@ -256,6 +259,11 @@ def run_train(
     data_path = data_path or (Path(cfg.data) if cfg.data else None)
     if data_path is None or not data_path.is_file():
         raise ScoderError(f"train.data must name a JSONL file of training rows (got {data_path})")
+    if (
+        cfg.init_adapter is not None
+        and not (Path(cfg.init_adapter) / "adapter_config.json").is_file()
+    ):
+        raise ScoderError(f"train.init_adapter is not a LoRA adapter directory: {cfg.init_adapter}")
     if cfg.eval_data is not None and not Path(cfg.eval_data).is_file():
         raise ScoderError(f"train.eval_data: no such file: {cfg.eval_data}")
     ref = resolve_model(config.model.name, revision=config.model.revision)
@@ -281,6 +289,9 @@ def run_train(
             "model": ref.digest,
             "data": file_digest(data_path),
             "eval_data": file_digest(cfg.eval_data) if cfg.eval_data else None,
+            "init_adapter": file_digest(Path(cfg.init_adapter) / "adapter_model.safetensors")
+            if cfg.init_adapter
+            else None,
             "random_seed": config.random_seed,
             "template": [template_name, template_digest, format_name],
         }
@@ -289,6 +300,10 @@ def run_train(
         out = run.stage_dir(STAGE)
         torch.manual_seed(config.random_seed)
         model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
+        if cfg.init_adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
         callback = _checkpoint_callback(out / "checkpoints", cfg.save_every_steps)
         trainer = build_trainer(
             config,
