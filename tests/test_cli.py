@@ -47,7 +47,7 @@ def seeds_dir(tmp_path):
 
 def test_help_explains_every_command():
     top = scoder("--help").stdout
-    for command in ("seeds", "synthesize", "demo"):
+    for command in ("seeds", "synthesize", "demo", "run"):
         assert command in top
         sub = scoder(command, "--help").stdout
         assert "Usage: scoder " + command in " ".join(sub.split())

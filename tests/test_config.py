@@ -18,7 +18,8 @@ def write(tmp_path, text):
 def test_defaults_and_demo_config_validate():
     assert load_config().model.name is None
     demo = load_config(REPO_CONFIGS / "demo.yaml")
-    assert demo.seeds.source == "stdlib" and demo.seeds.max_seeds == 8
+    assert demo.seeds.source == "stdlib" and demo.loop.rounds == 1
+    assert demo.teacher.source == "builtin:mbpp-train" and demo.train.epochs == 2  # M = 2
 
 
 @pytest.mark.parametrize(

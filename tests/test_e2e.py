@@ -19,7 +19,10 @@ pytestmark = pytest.mark.slow
 NO_NETWORK = Path(__file__).parent / "no_network"
 
 
-def test_demo_on_the_embedded_model(tmp_path):
+def test_stages_on_the_embedded_model(tmp_path):
+    """seeds -> synthesize -> score through the CLI with the demo config, as a user would start,
+    network blocked. (The whole demo round is measured in bench/bench_demo.py; `scoder run` is
+    tested end to end on a tiny model in test_loop.py.)"""
     out = tmp_path / "demo"
     network_log = tmp_path / "network.log"
     env = {
@@ -28,32 +31,26 @@ def test_demo_on_the_embedded_model(tmp_path):
         if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     }
     env.update(PYTHONPATH=str(NO_NETWORK), SCODER_TEST_NETWORK_LOG=str(network_log))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scoder.cli",
-            "demo",
-            "--out",
-            str(out),
-            # greedy and small, so the test is quick and its outcome does not hang on sampling luck
-            "--set",
-            "seeds.max_seeds=4",
-            "--set",
-            "synthesis.temperature=0",
-            "--set",
-            "synthesis.max_new_tokens=320",
-            "--set",
-            "model.device=cpu",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    demo = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    # greedy and small, so the test is quick and its outcome does not hang on sampling luck
+    sets = [
+        "seeds.max_seeds=4",
+        "synthesis.n=1",
+        "synthesis.temperature=0",
+        "synthesis.max_new_tokens=320",
+        "model.device=cpu",
+    ]
+    stdout = ""
+    for command in ("seeds", "synthesize", "score"):
+        args = [sys.executable, "-m", "scoder.cli", command, "-c", str(demo), "--out", str(out)]
+        for item in sets:
+            args += ["--set", item]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        stdout += proc.stdout
+    proc.stdout = stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not network_log.exists(), f"network was tried: {network_log.read_text()}"
-    assert "candidates.jsonl" in proc.stdout and "rejected.jsonl" in proc.stdout
 
     manifest = json.loads((out / "manifest.json").read_text())
     stage = manifest["stages"]["synthesize"]

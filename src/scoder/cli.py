@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -326,6 +328,92 @@ def decontaminate(
         console.print(f"  {run.stage_dir(STAGE) / name}", soft_wrap=True, highlight=False)
 
 
+@app.command("eval")
+@friendly_errors
+def eval_(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Hub id, local model directory, or 'embedded' (default: model.name)."),
+    ] = None,
+    benchmark: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--benchmark", "-b", help="humaneval, mbppplus or mbpp (repeatable; default humaneval)."
+        ),
+    ] = None,
+    samples: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score this EvalPlus-format JSONL (task_id + solution or completion) instead of "
+            "generating."
+        ),
+    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Samples per task (pass@k, k <= n).")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (default 0: greedy).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Evaluate by execution (HumanEval, MBPP+, MBPP): generate or read samples, run each task's
+    tests in the sandbox, report pass@k (RUN/eval/<benchmark>/results.json, samples.jsonl)."""
+    from scoder.benchmarks import BENCHMARKS
+    from scoder.evaluate import benchmark_file, run_eval
+
+    extra = []
+    if model is not None:
+        extra.append("model.name=" if model == "embedded" else f"model.name={model}")
+    for name in benchmark or []:
+        if name not in BENCHMARKS:
+            raise ScoderError(
+                f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}"
+            )
+    if benchmark:
+        extra.append("eval.benchmarks=[" + ", ".join(dict.fromkeys(benchmark)) + "]")
+    for key, value in (("n", n), ("temperature", temperature), ("limit", limit)):
+        if value is not None:
+            extra.append(f"eval.{key}={value}")
+    cfg = _config(config, set_, out, extra)
+    names = cfg.eval.benchmarks
+    if samples is not None and len(names) != 1:
+        raise ScoderError("--samples scores one benchmark: name it with --benchmark")
+    for name in names:  # a missing file is reported before a model is loaded
+        benchmark_file(cfg, name)
+    backend = None
+    if samples is None:
+        from scoder.models import load_backend
+
+        backend = load_backend(cfg.model)
+    runs = [
+        run_eval(cfg, name, samples_path=samples, force=force, backend=backend) for name in names
+    ]
+    _print_eval_table(runs)
+
+
+def _print_eval_table(runs: list) -> None:
+    table = Table(title="scoder eval (pass@k by execution)")
+    for column in ("benchmark", "tasks", "n", "base tests", "base + plus (MBPP+)"):
+        table.add_column(column)
+    table.add_column("excluded", justify="right")
+    for r in runs:
+        res = r.results
+        scores = res["pass_at_k"]
+        table.add_row(
+            r.benchmark,
+            str(res["tasks"]),
+            str(res["n"]),
+            ", ".join(f"{k} {v:.4f}" for k, v in scores["base"].items()) or "-",
+            ", ".join(f"{k} {v:.4f}" for k, v in scores.get("plus", {}).items()) or "-",
+            str(len(res["excluded"])),
+        )
+    console.print(table)
+    for r in runs:
+        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False)
+
+
 @app.command()
 @friendly_errors
 def serve(
@@ -531,6 +619,10 @@ def _print_examples(accepted: list, limit: int = 2) -> None:
 
 
 def main() -> None:
+    # Progress bars of `datasets` for a handful of rows and transformers' deprecation notices
+    # about its own internals are noise on a terminal; scoder reports its own progress.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     app(prog_name="scoder")
 
 
