@@ -321,3 +321,43 @@ def test_single_checkpoint_and_baseline_configs(tmp_path, parrot_model_dir):
     ]
     assert {r["checkpoint"] for r in rows} == {"base"} and all(r["score"] is None for r in rows)
     assert not (tmp_path / "oss" / "rounds").exists()  # no enhancement, no rounds
+
+
+def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
+    """final.code_model + final.eval_benchmarks: the dataset tunes a code model (merged, loadable
+    without peft) and `scoder eval` scores it, results in RUN/eval/<bench>/."""
+    from importlib import resources
+
+    from scoder.loop import run_loop
+
+    baseline = resources.files("scoder") / "configs" / "oss-instruct-baseline.yaml"
+    (tmp_path / "seeds").mkdir()
+    for name, text in SEED_FILES.items():
+        (tmp_path / "seeds" / name).write_text(text)
+    config = load_config(
+        Path(str(baseline)),
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"model.name={parrot_model_dir}",
+            "model.device=cpu",
+            f"seeds.source={tmp_path / 'seeds'}",
+            "seeds.min_lines=2",
+            "final.samples=2",
+            "synthesis.temperature=0",
+            "synthesis.max_new_tokens=120",
+            "final.code_model=true",
+            "final.eval_benchmarks=[humaneval]",
+            "train.epochs=1",
+            "train.lora_targets=[q_proj, v_proj]",
+            "eval.limit=2",
+            "eval.max_new_tokens=16",
+        ],
+    )
+    result = run_loop(config)
+    merged = Path(result["code_model"]["model"])
+    assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+    humaneval = result["eval"]["humaneval"]
+    assert "pass@1" in humaneval["pass_at_k"]["base"]
+    results = json.loads(Path(humaneval["results"]).read_text())
+    assert results["tasks"] == 2 and results["model"]["id"] == str(merged)
+    assert Path(humaneval["results"]).parent == tmp_path / "run" / "eval" / "humaneval"

@@ -115,8 +115,9 @@ def _mbppplus(path: Path) -> list[BenchmarkTask]:
                 entry_point=row["entry_point"],
                 canonical_solution=row["canonical_solution"].strip() + "\n",
                 tests=row.get("assertion", "").strip() + "\n",
-                base_inputs=row["base_input"],
-                plus_inputs=row["plus_input"],
+                # the snapshot stores one task's missing plus inputs as {} instead of []
+                base_inputs=row["base_input"] or [],
+                plus_inputs=row["plus_input"] or [],
                 atol=float(row.get("atol") or 0.0),
             )
         )

@@ -494,7 +494,7 @@ class FinalConfig(_Section):
     code_model_name: str | None = Field(
         default=None, description="Base model of the code model (none = model.name)."
     )
-    eval_benchmarks: list[str] = Field(
+    eval_benchmarks: list[BenchmarkName] = Field(
         default_factory=list, description="Evaluate the code model on these (e.g. humaneval)."
     )
     license: str | None = Field(

@@ -637,13 +637,19 @@ def run_loop(config: Config, *, force: bool = False) -> dict[str, Any]:
 
 
 def evaluate_code_model(config: Config, code_model: dict[str, Any]) -> dict[str, Any]:
+    """`scoder eval` of the tuned code model on each configured benchmark (RUN/eval/<bench>/)."""
     from scoder.evaluate import run_eval
 
+    at = config.model_copy(
+        update={"model": config.model.model_copy(update={"name": code_model["model"]})}
+    )
     out = {}
-    model = config.model.model_copy(update={"name": code_model["model"]})
     for bench in config.final.eval_benchmarks:
-        at = config.model_copy(update={"model": model})
-        out[bench] = run_eval(at, bench)
+        result = run_eval(at, bench)
+        out[bench] = {
+            "pass_at_k": result.results["pass_at_k"],
+            "results": str(result.results_path),
+        }
     return out
 
 
