@@ -361,3 +361,37 @@ def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
     results = json.loads(Path(humaneval["results"]).read_text())
     assert results["tasks"] == 2 and results["model"]["id"] == str(merged)
     assert Path(humaneval["results"]).parent == tmp_path / "run" / "eval" / "humaneval"
+
+
+def test_stopping_rule(tmp_path, tiny_model_dir):
+    """Stop when the configured metric stops improving by the threshold; the reason says why."""
+    from scoder.loop import _Run
+
+    def summary(r, score, loss):
+        return {
+            "round": r,
+            "counts": {"select": {"selected": 3}},
+            "mean_selected_score": score,
+            "heldout_dp_loss": {"influence": loss},
+        }
+
+    def rule(metric, delta):
+        config = load_config(
+            None,
+            [
+                f"run_dir={tmp_path / f'{metric}-{delta}'}",
+                f"loop.stop_metric={metric}",
+                f"loop.stop_min_delta={delta}",
+            ],
+        )
+        return _Run(config, force=False).should_stop
+
+    rounds = [summary(1, 6.0, 0.80), summary(2, 6.5, 0.79)]
+    assert rule("none", 0.0)(rounds) is None
+    assert rule("mean_selected_score", 0.1)(rounds) is None  # +0.5 is enough
+    assert "mean_selected_score improved by 0.5 < stop_min_delta=1" in rule(
+        "mean_selected_score", 1.0
+    )(rounds)
+    assert "heldout_dp_loss improved by 0.01" in rule("heldout_dp_loss", 0.05)(rounds)
+    assert rule("heldout_dp_loss", 0.001)(rounds) is None  # loss fell by 0.01
+    assert rule("heldout_dp_loss", 0.0)(rounds[:1]) is None  # one round: nothing to compare
