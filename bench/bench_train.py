@@ -36,6 +36,15 @@ from pathlib import Path
 ARMS = ("padded", "packed")
 
 
+def cpu_name() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def worker(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,7 +111,7 @@ def worker(args: argparse.Namespace) -> dict:
         if device.type == "cuda"
         else None,
         "dtype": str(dtype),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
     }
 
 

@@ -1149,12 +1149,7 @@ def generate_solutions(
     spent = {"seconds": 0.0, "tokens": 0}
 
     def produce(number: int, chunk: Sequence[BenchmarkTask]) -> list[GeneratedSample]:
-        params = SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=random_seed * 100_003 + number * cfg.chunk_size,
-        )
+        params = SamplingParams.for_chunk(cfg, random_seed, number)
         started = time.perf_counter()
         outputs = backend.generate([template.chat(t, benchmark) for t in chunk], cfg.n, params)
         spent["seconds"] += time.perf_counter() - started

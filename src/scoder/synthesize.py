@@ -167,12 +167,7 @@ def synthesize(
     result = SynthesisResult()
 
     def produce(number: int, chunk: Sequence[Seed]) -> list[Candidate]:
-        params = SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=random_seed * 100_003 + number * cfg.chunk_size,
-        )
+        params = SamplingParams.for_chunk(cfg, random_seed, number)
         started = time.perf_counter()
         outputs = backend.generate([template.chat(s.text) for s in chunk], cfg.n, params)
         result.generation_seconds += time.perf_counter() - started

@@ -21,6 +21,17 @@ class SamplingParams:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def for_chunk(cls, cfg: Any, random_seed: int, chunk_number: int) -> SamplingParams:
+        """The sampling of one saved chunk of work: the config's temperature, top-p and length,
+        and a seed fixed by the chunk's place, so a resumed run draws the same samples."""
+        return cls(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=random_seed * 100_003 + chunk_number * cfg.chunk_size,
+        )
+
 
 @dataclass(frozen=True)
 class Completion:
