@@ -395,3 +395,31 @@ def test_stopping_rule(tmp_path, tiny_model_dir):
     assert "heldout_dp_loss improved by 0.01" in rule("heldout_dp_loss", 0.05)(rounds)
     assert rule("heldout_dp_loss", 0.001)(rounds) is None  # loss fell by 0.01
     assert rule("heldout_dp_loss", 0.0)(rounds[:1]) is None  # one round: nothing to compare
+
+
+def test_a_round_with_nothing_selected_keeps_the_previous_synthesizer_and_stops(
+    tmp_path, parrot_model_dir
+):
+    """min_score above every score: nothing is selected; without D_p mixed in there is nothing to
+    train on, so the round keeps round 0's synthesizer and the loop stops, saying why."""
+    from scoder.loop import run_loop
+
+    config = load_config(
+        write_config(
+            tmp_path,
+            parrot_model_dir,
+            score__min_score=100.0,
+            loop__rounds=2,
+            loop__seeds_per_round=2,
+            loop__mix_dp=False,
+        )
+    )
+    result = run_loop(config)
+    assert result["stopped"]["after_round"] == 1
+    assert result["stopped"]["reason"].startswith("empty_selection")
+    ledger = json.loads((tmp_path / "run" / "loop.json").read_text())["done"]
+    assert ledger["round-1/train"]["skipped"]
+    assert ledger["round-1/train"]["checkpoints"] == ledger["round-0/train"]["checkpoints"]
+    assert "round-2/summary" not in ledger and "final/export" in ledger
+    rows = (tmp_path / "run" / "final" / "dataset.jsonl").read_text().splitlines()
+    assert all(json.loads(r)["checkpoint"] == "epoch-2" for r in rows)

@@ -242,11 +242,26 @@ class _Run:
 
     # -- training ----------------------------------------------------------------------------
 
-    def train(self, where: Path, rows: list[dict[str, Any]], init_adapter: str | None) -> dict:
+    def train(
+        self,
+        where: Path,
+        rows: list[dict[str, Any]],
+        init_adapter: str | None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict:
         from scoder.train import run_train
 
         if not rows:
-            raise ScoderError(f"{where}: nothing to train on")
+            if previous is None:
+                raise ScoderError(f"{where}: nothing to train on")
+            # nothing survived selection and D_p is not mixed in: keep the previous synthesizer
+            return {
+                **previous,
+                "heldout_losses": [],
+                "losses": [],
+                "rows": 0,
+                "skipped": "nothing selected (and loop.mix_dp=false): previous synthesizer kept",
+            }
         data = where / "train_data.jsonl"
         write_jsonl(data, rows)
         heldout = self.path / "dp" / "heldout.jsonl"
@@ -345,7 +360,8 @@ class _Run:
         dp_rows = self._dp_rows() if loop.mix_dp else []
         init = previous["checkpoints"][-1] if loop.continue_from == "previous" else None
         trained = step(
-            f"round-{r}/train", lambda: self.train(where, training_rows(selected, dp_rows), init)
+            f"round-{r}/train",
+            lambda: self.train(where, training_rows(selected, dp_rows), init, previous),
         )
         baselines: dict[str, Any] = {}
         if loop.train_baselines:
@@ -354,7 +370,7 @@ class _Run:
                 baselines[name] = step(
                     f"round-{r}/baseline-{name}",
                     lambda chosen=chosen, name=name: self.train(
-                        where / "baselines" / name, training_rows(chosen, dp_rows), init
+                        where / "baselines" / name, training_rows(chosen, dp_rows), init, previous
                     ),
                 )
 
