@@ -480,6 +480,14 @@ class LoopConfig(_Section):
         default=0.0, ge=0.0, description="Improvement below this counts as none."
     )
 
+    @model_validator(mode="after")
+    def _rounds_need_enhance(self) -> LoopConfig:
+        if not self.enhance and self.rounds:
+            raise ValueError(
+                "enhance=false needs rounds=0: rounds sample from the enhanced synthesizer"
+            )
+        return self
+
 
 class FinalConfig(_Section):
     """The last synthesizer writes the dataset; optionally a code model is tuned and evaluated."""

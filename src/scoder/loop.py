@@ -289,6 +289,30 @@ class _Run:
     def _dp_rows(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path / "dp" / "train.jsonl")
 
+    # -- sampling (a round's or the final stage's) ---------------------------------------------
+
+    def _sample(self, prefix: str, where: Path, at: Config, round_number: int) -> dict[str, Any]:
+        """Two steps: generate from `where`/seeds.jsonl with `at`'s checkpoints, then
+        decontaminate the parsed candidates into `where`/pool.jsonl."""
+
+        def synthesize() -> dict:
+            from scoder.synthesize import run_synthesize
+
+            _, result = run_synthesize(at, where / "seeds.jsonl", round_number=round_number)
+            return {"generated": len(result.accepted) + len(result.rejected)}
+
+        def decontaminate() -> dict:
+            pool = read_jsonl(where / "synthesize" / "candidates.jsonl", Candidate)
+            if self.config.loop.decontaminate and pool:
+                pool = self._decontaminate(pool, "candidate", RunDir(where), "decontaminate")
+            write_jsonl(where / "pool.jsonl", pool)
+            return {"kept": len(pool)}
+
+        return {
+            "synthesize": self.ledger.step(f"{prefix}/synthesize", synthesize),
+            "decontaminate": self.ledger.step(f"{prefix}/decontaminate", decontaminate),
+        }
+
     # -- one round ---------------------------------------------------------------------------
 
     def _round(self, r: int) -> Path:
@@ -297,7 +321,6 @@ class _Run:
     def round(self, r: int, previous: dict[str, Any]) -> dict[str, Any]:
         loop, cfg = self.config.loop, self.config
         where = self._round(r)
-        rundir = RunDir(where)
         checkpoints = (
             previous["checkpoints"][-loop.checkpoints :]
             if loop.checkpoints
@@ -309,23 +332,7 @@ class _Run:
             synthesis=_section(cfg, "synthesis", checkpoints=[Path(p) for p in checkpoints]),
         )
         step = self.ledger.step
-
-        def synthesize() -> dict:
-            from scoder.synthesize import run_synthesize
-
-            _, result = run_synthesize(at, where / "seeds.jsonl", round_number=r)
-            return {"generated": len(result.accepted) + len(result.rejected)}
-
-        counts: dict[str, Any] = {"synthesize": step(f"round-{r}/synthesize", synthesize)}
-
-        def decontaminate() -> dict:
-            pool = read_jsonl(where / "synthesize" / "candidates.jsonl", Candidate)
-            if loop.decontaminate and pool:
-                pool = self._decontaminate(pool, "candidate", rundir, "decontaminate")
-            write_jsonl(where / "pool.jsonl", pool)
-            return {"kept": len(pool)}
-
-        counts["decontaminate"] = step(f"round-{r}/decontaminate", decontaminate)
+        counts: dict[str, Any] = self._sample(f"round-{r}", where, at, r)
 
         def score() -> dict:
             pool = read_jsonl(where / "pool.jsonl", Candidate)
@@ -334,7 +341,7 @@ class _Run:
             elif loop.scorer:
                 from scoder.score import run_score
 
-                _, result = run_score(at, where / "pool.jsonl")
+                run_score(at, where / "pool.jsonl")
                 best = read_jsonl(where / "score" / "selected.jsonl", Candidate)
             else:
                 best = pick_random_per_seed(pool, cfg.random_seed * 1_000 + r)
@@ -408,7 +415,6 @@ class _Run:
         if self.config.loop.selection == "influence":
             from scoder.select import run_select
 
-            write_jsonl(where / "best_for_select.jsonl", best)
             cfg = _at(
                 at,
                 where,
@@ -420,7 +426,7 @@ class _Run:
                     k=k,
                 ),
             )
-            run_select(cfg, where / "best_for_select.jsonl")
+            run_select(cfg, where / "best.jsonl")  # written by the score step
             out = where / "select"
             return {
                 "selected": read_jsonl(out / "selected.jsonl", Candidate),
@@ -470,7 +476,6 @@ class _Run:
 
     def final(self, synthesizer: str | None) -> dict[str, Any]:
         where = self.path / "final"
-        rundir = RunDir(where)
         cfg = self.config
         adapters = [Path(synthesizer)] if synthesizer else []
         at = _at(cfg, where, synthesis=_section(cfg, "synthesis", checkpoints=adapters))
@@ -478,23 +483,7 @@ class _Run:
         final_round = len([k for k in self.ledger.data["done"] if k.endswith("/summary")]) + 1
         if not read_jsonl(where / "seeds.jsonl"):
             return {"samples": 0}
-
-        def synthesize() -> dict:
-            from scoder.synthesize import run_synthesize
-
-            _, result = run_synthesize(at, where / "seeds.jsonl", round_number=final_round)
-            return {"generated": len(result.accepted) + len(result.rejected)}
-
-        step("final/synthesize", synthesize)
-
-        def decontaminate() -> dict:
-            pool = read_jsonl(where / "synthesize" / "candidates.jsonl", Candidate)
-            if cfg.loop.decontaminate and pool:
-                pool = self._decontaminate(pool, "candidate", rundir, "decontaminate")
-            write_jsonl(where / "pool.jsonl", pool)
-            return {"kept": len(pool)}
-
-        step("final/decontaminate", decontaminate)
+        self._sample("final", where, at, final_round)
 
         def score() -> dict:
             pool = read_jsonl(where / "pool.jsonl", Candidate)
@@ -620,10 +609,6 @@ def run_loop(config: Config, *, force: bool = False) -> dict[str, Any]:
     loop = _Run(config, force)
     ledger, step = loop.ledger, loop.ledger.step
     step("seeds", loop.seeds)
-    if not config.loop.enhance and config.loop.rounds:
-        raise ScoderError(
-            "loop.enhance=false needs loop.rounds=0: rounds sample from the enhanced synthesizer"
-        )
     previous: dict[str, Any] = {"checkpoints": []}  # the base model, no adapter
     if config.loop.enhance:
         step("dp", loop.dp)
