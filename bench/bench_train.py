@@ -47,11 +47,9 @@ def cpu_name() -> str:
 
 def worker(args: argparse.Namespace) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scoder.config import load_config
-    from scoder.models import resolve_model
-    from scoder.models.hf import pick_device, pick_dtype
+    from scoder.models import load_causal_lm, load_tokenizer, resolve_model
     from scoder.train import build_examples, build_trainer, drop_untrainable
 
     rows = [
@@ -73,15 +71,14 @@ def worker(args: argparse.Namespace) -> dict:
         ],
     )
     ref = resolve_model(config.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    tokenizer = load_tokenizer(ref)
     examples, dropped = drop_untrainable(
         build_examples(rows, "synthesizer", config.synthesis.template, "dp"),
         tokenizer,
         args.max_length,
     )
-    device = pick_device(args.device)
-    dtype = pick_dtype("auto", device)
-    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
+    model = load_causal_lm(ref, device=args.device)
+    device, dtype = model.device, model.dtype
     trainer = build_trainer(config, model, tokenizer, examples, Path(args.tmp))
     loader = trainer.get_train_dataloader()
     batches = list(loader)

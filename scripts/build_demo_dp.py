@@ -47,7 +47,7 @@ def main(mbpp: str) -> None:
         _, samples = run_teacher(cfg)
     lines = []
     for sample, row in zip(samples, train):
-        record = sample.model_dump(mode="json")
+        record = sample.model_dump(mode="json", exclude={"drop"})  # every shipped sample is kept
         record["source"] = f"mbpp/task_id={row['task_id']}"
         record["row"] = row["task_id"]
         lines.append(json.dumps(record) + "\n")

@@ -81,7 +81,7 @@ def test_missing_model_directory_is_a_clear_error(tmp_path, seeds_dir):
 def test_seeds_then_synthesize_on_a_user_directory(tmp_path, seeds_dir, tiny_model_dir):
     out = tmp_path / "run"
     scoder("seeds", "--source", str(seeds_dir), "--out", str(out))
-    seeds = [json.loads(line) for line in (out / "seeds" / "seeds.jsonl").read_text().splitlines()]
+    seeds = [json.loads(line) for line in (out / "seeds" / "kept.jsonl").read_text().splitlines()]
     assert len(seeds) == 6
     scoder(
         "synthesize",
@@ -96,8 +96,8 @@ def test_seeds_then_synthesize_on_a_user_directory(tmp_path, seeds_dir, tiny_mod
         "--set",
         "model.device=cpu",
     )
-    accepted = read_jsonl(out / "synthesize" / "candidates.jsonl", Candidate)
-    rejected = read_jsonl(out / "synthesize" / "rejected.jsonl", Candidate)
+    accepted = read_jsonl(out / "synthesize" / "kept.jsonl", Candidate)
+    rejected = read_jsonl(out / "synthesize" / "dropped.jsonl", Candidate)
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["stages"]["synthesize"]["counts"]
     assert counts["generated"] == 12 == len(accepted) + len(rejected)
@@ -120,7 +120,7 @@ def test_seeds_then_synthesize_on_a_user_directory(tmp_path, seeds_dir, tiny_mod
         "synthesize", "--out", str(out), "--model", str(tiny_model_dir), "--n", "3", check=False
     )
     assert proc.returncode == 2 and "different config" in proc.stderr
-    assert len(read_jsonl(out / "synthesize" / "rejected.jsonl")) == len(rejected)
+    assert len(read_jsonl(out / "synthesize" / "dropped.jsonl")) == len(rejected)
 
 
 def test_synthesize_from_a_jsonl_seed_file(tmp_path, tiny_model_dir):
@@ -178,7 +178,7 @@ def test_killed_synthesis_resumes_to_the_same_result(tmp_path, seeds_dir, tiny_m
     manifest = json.loads((killed / "manifest.json").read_text())["stages"]["synthesize"]
     assert manifest["counts"]["resumed_chunks"] == done_before
     assert manifest["attempts"] == 2
-    for name in ("candidates.jsonl", "rejected.jsonl"):
+    for name in ("kept.jsonl", "dropped.jsonl"):
         a = [c.model_dump() for c in read_jsonl(full / "synthesize" / name, Candidate)]
         b = [c.model_dump() for c in read_jsonl(killed / "synthesize" / name, Candidate)]
         assert a == b

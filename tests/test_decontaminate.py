@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -16,19 +17,18 @@ import pytest
 from conftest import SHARED, make_candidate
 from typer.testing import CliRunner
 
-from scoder.benchmarks import BenchmarkTask, load_benchmark
 from scoder.cli import app
 from scoder.config import DecontaminateConfig, SeedsConfig, load_config
 from scoder.decontaminate import (
     BenchmarkIndex,
-    Rejected,
     decontaminate,
     load_index,
     load_records,
     run_decontaminate,
     words,
 )
-from scoder.records import DpSample, Seed, SeedSource
+from scoder.eval.benchmarks import BenchmarkTask, load_benchmark
+from scoder.records import Candidate, DpSample, Seed, SeedSource
 from scoder.seeds import mine_seeds
 from scoder.store import RunDir, StoreError, read_jsonl
 
@@ -40,6 +40,21 @@ SHIPPED_DP = Path(str(resources.files("scoder") / "data" / "dp_mbpp_train.jsonl"
 pytestmark = pytest.mark.skipif(
     not (MBPPPLUS.is_file() and MBPP.is_file()), reason="needs ../shared/data (MBPP, MBPP+)"
 )
+
+
+def split(records, kind, index, cfg):
+    """(kept, dropped) of one decontamination; each dropped record carries its drop."""
+    result = decontaminate(records, kind, index, cfg).records
+    return result.kept, result.dropped
+
+
+def task_of(record) -> str:
+    """The benchmark task a dropped record overlaps (its drop says `benchmark:task_id`)."""
+    return record.drop.related.split(":", 1)[1]
+
+
+def similarity(record) -> float:
+    return float(re.search(r"Jaccard ([0-9.]+)", record.drop.detail).group(1))
 
 
 def config(tmp_path: Path, *overrides: str):
@@ -110,13 +125,13 @@ def test_humaneval_prompt_in_seed_files_is_caught_verbatim_and_reformatted(
         (root / f"verbatim_{name}.py").write_text(task.canonical_solution)
         (root / f"edited_{name}.py").write_text(reformat(task.canonical_solution))
     (root / "unrelated.py").write_text(UNRELATED)
-    seeds, _ = mine_seeds(SeedsConfig(source=str(root), max_seeds=None), 0)
+    seeds = mine_seeds(SeedsConfig(source=str(root), max_seeds=None), 0).kept
     assert len(seeds) == 2 * len(HUMANEVAL_IDS) + 1
 
-    kept, dropped = decontaminate(seeds, "seed", index, cfg)
+    kept, dropped = split(seeds, "seed", index, cfg)
 
     assert [s.source.location for s in kept] == ["unrelated.py"]
-    by_file = {d.record.source.location: d for d in dropped}
+    by_file = {d.source.location: d for d in dropped}
     for task_id in HUMANEVAL_IDS:
         name = task_id.split("/")[1]
         verbatim, edited = by_file[f"verbatim_{name}.py"], by_file[f"edited_{name}.py"]
@@ -128,8 +143,9 @@ def test_humaneval_prompt_in_seed_files_is_caught_verbatim_and_reformatted(
         assert edited.drop.detail.startswith(f"humaneval {task_id}: ")
         assert edited.drop.detail.endswith(" shared 10-grams")
         assert int(edited.drop.detail.split(": ")[1].split()[0]) >= 10
-        assert (edited.benchmark, edited.task_id) == ("humaneval", task_id)
-        assert edited.record.drop == edited.drop  # seeds carry their own drop too
+        assert (
+            edited.drop.related == f"humaneval:{task_id}" and edited.drop.stage == "decontaminate"
+        )
 
 
 def test_mbppplus_solution_inside_a_candidate_is_caught(all_benchmarks, tasks):
@@ -147,7 +163,7 @@ def test_mbppplus_solution_inside_a_candidate_is_caught(all_benchmarks, tasks):
         make_candidate(id="edited", solution=helper + edited, problem="Count pairs."),
         make_candidate(id="unrelated", solution=UNRELATED, problem="Merge intervals."),
     ]
-    kept, dropped = decontaminate(candidates, "candidate", index, cfg)
+    kept, dropped = split(candidates, "candidate", index, cfg)
     assert [c.id for c in kept] == ["unrelated"]
     verbatim, edited_drop = dropped
     assert verbatim.drop.reason == "benchmark_substring"
@@ -174,7 +190,7 @@ def test_mbpp_problem_inside_a_dp_sample_is_caught(all_benchmarks, tasks):
         sample("exact-short", tasks[1]["Mbpp/248"].prompt),  # 54 chars, one 10-gram
         sample("unrelated", "Write a function that merges overlapping intervals."),
     ]
-    kept, dropped = decontaminate(samples, "dp", index, cfg)
+    kept, dropped = split(samples, "dp", index, cfg)
     assert [s.id for s in kept] == ["unrelated"]
     details = {d.id: d.drop.detail for d in dropped}
     assert {d.drop.reason for d in dropped} == {"benchmark_substring"}
@@ -257,26 +273,26 @@ def test_stdlib_seeds_are_left_alone(all_benchmarks):
     """The default seed source shares nothing with the benchmarks; its few near-duplicates are
     real (e.g. getregentry of encodings/latin_1.py and iso8859_1.py differ by `Codec()`)."""
     index, cfg = all_benchmarks
-    seeds, _ = mine_seeds(SeedsConfig(max_seeds=None), 0)
+    seeds = mine_seeds(SeedsConfig(max_seeds=None), 0).kept
     assert len(seeds) > 1000
-    kept, dropped = decontaminate(seeds, "seed", index, cfg)
+    kept, dropped = split(seeds, "seed", index, cfg)
     assert [d for d in dropped if d.drop.reason != "near_duplicate"] == []
     kept_ids = {s.id for s in kept}
     assert len(dropped) <= 10
     for d in dropped:
-        assert d.duplicate_of in kept_ids and d.similarity >= 0.85
+        assert d.drop.related in kept_ids and similarity(d) >= 0.85
 
 
-def _shipped_dp_drops(cfg) -> dict[int, Rejected]:
+def _shipped_dp_drops(cfg) -> dict[int, DpSample]:
     index, _ = load_index(cfg)
     _, samples, _ = load_records(SHIPPED_DP)
     assert len(samples) == 374
-    _, dropped = decontaminate(samples, "dp", index, cfg.decontaminate)
-    return {d.record.row: d for d in dropped}
+    _, dropped = split(samples, "dp", index, cfg.decontaminate)
+    return {d.row: d for d in dropped}
 
 
-def _shared(drop: Rejected) -> int:
-    return int(drop.drop.detail.split(": ")[1].split()[0])
+def _shared(record: DpSample) -> int:
+    return int(record.drop.detail.split(": ")[1].split()[0])
 
 
 def test_shipped_dp_against_humaneval(tmp_path):
@@ -288,7 +304,7 @@ def test_shipped_dp_against_humaneval(tmp_path):
     `for i in range(len(s) - 2): if s[i] == s[i + 2]` (HumanEval/80; 914).
     Four shared 10-grams (`decontaminate.min_ngram_matches=4`) leave none."""
     drops = _shipped_dp_drops(config(tmp_path, "decontaminate.benchmarks=[humaneval]"))
-    assert {row: d.task_id for row, d in drops.items()} == {
+    assert {row: task_of(d) for row, d in drops.items()} == {
         831: "HumanEval/147",
         839: "HumanEval/129",
         841: "HumanEval/147",
@@ -309,16 +325,16 @@ def test_shipped_dp_against_mbpp_test_split(tmp_path):
     drops = _shipped_dp_drops(config(tmp_path, "decontaminate.benchmarks=[mbpp]"))
     copies = {704: "Mbpp/248", 872: "Mbpp/216", 841: "Mbpp/296", 964: "Mbpp/79"}
     for row, task_id in copies.items():
-        assert drops[row].task_id == task_id and drops[row].drop.reason == "benchmark_substring"
-    assert drops[634].task_id == "Mbpp/271"  # sum of fourth vs fifth power of n even numbers
+        assert task_of(drops[row]) == task_id and drops[row].drop.reason == "benchmark_substring"
+    assert task_of(drops[634]) == "Mbpp/271"  # sum of fourth vs fifth power of n even numbers
     weak = [d for d in drops.values() if d.drop.reason == "benchmark_ngram" and _shared(d) <= 3]
     assert len(drops) <= 95 and len(weak) <= 45
 
     strict = _shipped_dp_drops(
         config(tmp_path, "decontaminate.benchmarks=[mbpp]", "decontaminate.min_ngram_matches=4")
     )
-    assert set(strict) == set(drops) - {d.record.row for d in weak}
-    assert all(strict[row].task_id == task_id for row, task_id in copies.items())
+    assert set(strict) == set(drops) - {d.row for d in weak}
+    assert all(task_of(strict[row]) == task_id for row, task_id in copies.items())
 
 
 def test_shipped_dp_against_mbppplus(tmp_path):
@@ -329,7 +345,7 @@ def test_shipped_dp_against_mbppplus(tmp_path):
     plus_ids = {t.task_id for t in load_benchmark("mbppplus", MBPPPLUS)}
     in_plus = [row for row in range(601, 975) if f"Mbpp/{row}" in plus_ids]
     assert len(in_plus) == 111
-    themselves = [row for row in in_plus if row in drops and drops[row].task_id == f"Mbpp/{row}"]
+    themselves = [row for row in in_plus if row in drops and task_of(drops[row]) == f"Mbpp/{row}"]
     assert len(themselves) >= 90
 
 
@@ -351,17 +367,17 @@ def test_near_duplicates_keep_the_first_and_name_it():
     near = original.replace("    ", "  ") + "# same thing, reformatted and commented\n"
     seeds = [_seed("a", original), *(_seed(f"d{i}", t) for i, t in enumerate(DISTINCT))]
     seeds.append(_seed("b", near))
-    kept, dropped = decontaminate(seeds, "seed", None, cfg)
+    kept, dropped = split(seeds, "seed", None, cfg)
     assert [s.id for s in kept] == ["a", "d0", "d1", "d2"]
     (dup,) = dropped
-    assert (dup.id, dup.drop.reason, dup.duplicate_of) == ("b", "near_duplicate", "a")
-    assert dup.drop.detail == f"near-duplicate of a (estimated Jaccard {dup.similarity:.2f})"
-    assert dup.similarity >= 0.85
+    assert (dup.id, dup.drop.reason, dup.drop.related) == ("b", "near_duplicate", "a")
+    assert dup.drop.detail == f"near-duplicate of a (estimated Jaccard {similarity(dup):.2f})"
+    assert similarity(dup) >= 0.85
 
     # input order decides which one is kept, and the same input always gives the same answer
-    kept_rev, dropped_rev = decontaminate(seeds[::-1], "seed", None, cfg)
-    assert dropped_rev[0].id == "a" and dropped_rev[0].duplicate_of == "b"
-    assert decontaminate(seeds, "seed", None, cfg)[1] == dropped
+    kept_rev, dropped_rev = split(seeds[::-1], "seed", None, cfg)
+    assert dropped_rev[0].id == "a" and dropped_rev[0].drop.related == "b"
+    assert split(seeds, "seed", None, cfg)[1] == dropped
 
 
 def test_candidates_of_one_seed_are_not_duplicates_by_their_seed():
@@ -371,7 +387,7 @@ def test_candidates_of_one_seed_are_not_duplicates_by_their_seed():
         make_candidate(id=f"c{i}", seed_text=seed_text, problem=f"Problem {i}.", solution=code)
         for i, code in enumerate(DISTINCT)
     ]
-    kept, dropped = decontaminate(cands, "candidate", None, cfg)
+    kept, dropped = split(cands, "candidate", None, cfg)
     assert len(kept) == 3 and dropped == []
 
 
@@ -384,13 +400,12 @@ def test_run_decontaminate_writes_a_stage_and_refuses_to_mix_configs(tmp_path):
         make_candidate(id="clean", solution=UNRELATED),
     ]
     stage = "rounds/1/decontaminate-candidates"
-    kept, dropped = run_decontaminate(cfg, run, cands, stage=stage)
+    result = run_decontaminate(cfg, run, cands, stage=stage)
+    kept, dropped = result.kept, result.dropped
     assert [c.id for c in kept] == ["clean"] and [d.id for d in dropped] == ["copy"]
     out = run.stage_dir(stage)
     assert [c["id"] for c in read_jsonl(out / "kept.jsonl")] == ["clean"]
-    assert (
-        read_jsonl(out / "dropped.jsonl", Rejected)[0].record.drop.reason == "benchmark_substring"
-    )
+    assert read_jsonl(out / "dropped.jsonl", Candidate)[0].drop.reason == "benchmark_substring"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dropped_by_benchmark"] == {"humaneval": 1}
     assert run.load_manifest()["stages"][stage]["counts"]["kept"] == 1
@@ -452,13 +467,14 @@ def test_cli_end_to_end_is_consistent_and_deterministic(tmp_path, tasks):
     assert set(summary["benchmarks"]) == {"humaneval", "mbppplus"}
     kept = [r["id"] for r in read_jsonl(outs[0] / "kept.jsonl")]
     assert kept == ["a", "d0", "d1", "d2"]
-    dropped = read_jsonl(outs[0] / "dropped.jsonl", Rejected)
+    dropped = read_jsonl(outs[0] / "dropped.jsonl", Candidate)
     assert [(d.id, d.drop.reason) for d in dropped] == [
         ("he", "benchmark_substring"),
         ("plus", "benchmark_substring"),
         ("a2", "near_duplicate"),
     ]
-    assert dropped[2].duplicate_of == "a"
+    assert dropped[2].drop.related == "a"
+    assert dropped[0].drop.related == "humaneval:HumanEval/12"
     for name in ("kept.jsonl", "dropped.jsonl"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
 

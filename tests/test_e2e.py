@@ -59,8 +59,8 @@ def test_stages_on_the_embedded_model(tmp_path):
     assert stage["model"]["digest"] == ref.digest and ref.digest.startswith("sha256:")
     assert manifest["stages"]["seeds"]["counts"]["kept"] == 4
 
-    accepted = read_jsonl(out / "synthesize" / "candidates.jsonl", Candidate)
-    rejected = read_jsonl(out / "synthesize" / "rejected.jsonl", Candidate)
+    accepted = read_jsonl(out / "synthesize" / "kept.jsonl", Candidate)
+    rejected = read_jsonl(out / "synthesize" / "dropped.jsonl", Candidate)
     counts = stage["counts"]
     assert counts["generated"] == 4 == len(accepted) + len(rejected)
     assert (counts["accepted"], counts["rejected"]) == (len(accepted), len(rejected))
@@ -77,8 +77,8 @@ def test_stages_on_the_embedded_model(tmp_path):
     # score: every parsed candidate executed in the sandbox and judged; one kept per seed at most
     score = manifest["stages"]["score"]
     scored = read_jsonl(out / "score" / "scored.jsonl", Candidate)
-    selected = read_jsonl(out / "score" / "selected.jsonl", Candidate)
-    dropped = read_jsonl(out / "score" / "rejected.jsonl", Candidate)
+    selected = read_jsonl(out / "score" / "kept.jsonl", Candidate)
+    dropped = read_jsonl(out / "score" / "dropped.jsonl", Candidate)
     assert {c.id for c in scored} == {c.id for c in accepted}
     assert len(selected) + len(dropped) == len(scored) == score["counts"]["candidates"]
     assert len({c.seed_id for c in selected}) == len(selected)

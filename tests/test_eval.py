@@ -10,20 +10,24 @@ from pathlib import Path
 import pytest
 from test_cli import scoder as run_scoder
 
-from scoder import evaluate
-from scoder.benchmarks import load_benchmark
 from scoder.config import SandboxConfig, load_config
-from scoder.evaluate import (
+from scoder.errors import ScoderError
+from scoder.eval import (
     EXCLUDED,
-    backend_is_chat,
     evaluate_solutions,
     extract_program,
+    load_benchmark,
     mean_pass_at_k,
     pass_at_k,
     run_eval,
     summarize,
 )
+from scoder.eval import mbppplus as mbppplus_module
+from scoder.models.hf import TransformersBackend
+from scoder.models.loading import resolve_model
+from scoder.models.openai_backend import OpenAIBackend
 from scoder.sandbox import LEVELS, _probe
+from scoder.templates import EVAL_TEMPLATES
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 MBPPPLUS = SHARED_DATA / "MbppPlus-pre-2023-11.jsonl"
@@ -55,17 +59,19 @@ def canonical_rows(tasks) -> dict[str, list[dict]]:
 
 
 def test_mbppplus_arguments_get_their_types_back(mbppplus):
-    base, plus = evaluate.mbppplus_inputs(mbppplus["Mbpp/2"])
+    base, plus = mbppplus_module.mbppplus_inputs(mbppplus["Mbpp/2"])
     assert base[0] == [(3, 4, 5, 6), (5, 7, 4, 10)]
-    base, plus = evaluate.mbppplus_inputs(mbppplus["Mbpp/124"])
+    base, plus = mbppplus_module.mbppplus_inputs(mbppplus["Mbpp/124"])
     assert base[0] == [0.0, 1j] and type(base[0][1]) is complex
-    base, _ = evaluate.mbppplus_inputs(mbppplus["Mbpp/115"])
+    base, _ = mbppplus_module.mbppplus_inputs(mbppplus["Mbpp/115"])
     assert base[1] == [[{1, 2}, {}, {}]]
-    base, _ = evaluate.mbppplus_inputs(mbppplus["Mbpp/580"])
+    base, _ = mbppplus_module.mbppplus_inputs(mbppplus["Mbpp/580"])
     assert base[0] == [(4, 5, (7, 6, (2, 4)), 6, 8)]
-    base, plus = evaluate.mbppplus_inputs(mbppplus["Mbpp/17"])  # no conversion
+    base, plus = mbppplus_module.mbppplus_inputs(mbppplus["Mbpp/17"])  # no conversion
     assert base == [[10], [5], [4]] and len(plus) > 10
-    assert evaluate.mbppplus_inputs(mbppplus["Mbpp/793"])[1] == []  # stored as {} in the file
+    assert (
+        mbppplus_module.mbppplus_inputs(mbppplus["Mbpp/793"])[1] == []
+    )  # stored as {} in the file
 
 
 # --- pass@k --------------------------------------------------------------------------------------
@@ -97,9 +103,9 @@ def test_mean_pass_at_k_reports_only_k_every_task_allows():
 # --- prompts -------------------------------------------------------------------------------------
 
 
-def test_templates_and_mode(humaneval, mbppplus, tiny_model_dir):
-    chat = evaluate.EVAL_TEMPLATES["eval-chat-v1"]
-    completion = evaluate.EVAL_TEMPLATES["eval-completion-v1"]
+def test_templates_and_mode(humaneval, mbppplus, tiny_model_dir, tiny_base_model_dir):
+    chat = EVAL_TEMPLATES["eval-chat-v1"]
+    completion = EVAL_TEMPLATES["eval-completion-v1"]
     he = humaneval["HumanEval/12"]
     assert chat.chat(he, "humaneval")[-1]["role"] == "user"
     assert he.prompt in chat.chat(he, "humaneval")[-1]["content"]
@@ -109,20 +115,14 @@ def test_templates_and_mode(humaneval, mbppplus, tiny_model_dir):
     assert "similar_elements" in chat.text(mbppplus["Mbpp/2"], "mbppplus")
     assert chat.digest != completion.digest
 
-    class Tok:
-        chat_template = None
+    # `prompt: auto` goes by this: an instruct model (a chat template) and any API server (it
+    # applies its own) take chats, a base model a plain completion prompt
+    def uses_chat_template(model_dir: Path) -> bool:
+        return TransformersBackend(resolve_model(str(model_dir)), device="cpu").uses_chat_template
 
-    class Base:
-        tokenizer = Tok()
-
-    class Api:  # no local tokenizer: the server applies its chat template
-        pass
-
-    assert backend_is_chat(Api()) and not backend_is_chat(Base())
-    from scoder.models.hf import TransformersBackend
-    from scoder.models.loading import resolve_model
-
-    assert backend_is_chat(TransformersBackend(resolve_model(str(tiny_model_dir)), device="cpu"))
+    assert uses_chat_template(tiny_model_dir) is True
+    assert uses_chat_template(tiny_base_model_dir) is False
+    assert OpenAIBackend.uses_chat_template is True
 
 
 # --- extraction ----------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def corpus_tasks(humaneval, mbppplus):
 def _extract(case, tasks):
     task_id, mode, text = case
     benchmark = "humaneval" if task_id.startswith("HumanEval") else "mbppplus"
-    template = evaluate.EVAL_TEMPLATES[f"eval-{mode}-v1"]
+    template = EVAL_TEMPLATES[f"eval-{mode}-v1"]
     task = tasks[task_id]
     prefix = template.text(task, benchmark) if mode == "completion" else ""
     return benchmark, task, *extract_program(text, task, benchmark, prefix)
@@ -350,7 +350,7 @@ def test_mbppplus_verdicts_base_and_plus(mbppplus, monkeypatch):
     def no_recompute(*args, **kwargs):
         raise AssertionError("expected outputs computed again")
 
-    monkeypatch.setattr(evaluate, "_compute_expected", no_recompute)
+    monkeypatch.setattr(mbppplus_module, "_compute_expected", no_recompute)
     again = evaluate_solutions("mbppplus", tasks, canonical_rows(tasks), SANDBOX, benchmark_sha=sha)
     assert all(s.plus_passed for s in again.samples)
 
@@ -538,7 +538,7 @@ def test_run_eval_refuses_to_mix_and_force_restarts(humaneval, tmp_path):
     assert first.results["pass_at_k"]["base"]["pass@1"] == 1.0
     assert first.results["tasks_without_samples"] == 164 - 3
     run_eval(cfg, "humaneval", samples_path=good)  # same input: fine
-    with pytest.raises(evaluate.ScoderError, match="--force"):
+    with pytest.raises(ScoderError, match="--force"):
         run_eval(cfg, "humaneval", samples_path=completions)
     forced = run_eval(cfg, "humaneval", samples_path=completions, force=True)
     assert forced.results["pass_at_k"]["base"]["pass@1"] == 1.0

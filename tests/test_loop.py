@@ -1,11 +1,14 @@
 """`scoder run` end to end on a tiny model that has learned to answer like a synthesizer and a
 judge: complete round directories, consistent counts, provenance, a dataset `datasets` loads;
-kill-and-resume at stage boundaries and mid-stage gives the same final dataset; a run directory of
-another config is refused; the ablation switches change the selection as they should."""
+kill-and-resume at stage boundaries and mid-stage gives the same final dataset; a config change
+re-runs exactly the steps it reaches (and the dry run says so); a moved run directory resumes
+from its own files; one run at a time per directory; the ablation switches change the selection
+as they should."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import pytest
 import yaml
 
 from scoder.config import load_config
+from scoder.loop import RoundSummary, plan_loop, run_loop, stop_reason
 
 ANSWER_PROBLEM = "Write a function `add_one(x)` that returns x plus one."
 ANSWER_SOLUTION = "def add_one(x):\n    return x + 1"
@@ -135,6 +139,47 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def steps(run: Path) -> dict:
+    return json.loads((run / "loop.json").read_text())["steps"]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def snapshot(root: Path, tops: list[str]) -> dict[str, tuple[int, bytes]]:
+    """Every file under `tops`: its modification time and its bytes."""
+    out = {}
+    for top in tops:
+        here = root / top
+        for path in sorted(here.rglob("*") if here.is_dir() else [here]):
+            if path.is_file():
+                out[str(path.relative_to(root))] = (path.stat().st_mtime_ns, path.read_bytes())
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A finished run directory copied elsewhere (times kept), as a user moving it would."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def variant(original: Path, run: Path, tmp_path: Path, **changes) -> Path:
+    """The config of the run that made `original`, moved to `run`, with some values changed."""
+    config = yaml.safe_load((original.parent / "config.yaml").read_text())
+    config["run_dir"] = str(run)
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        config[section][field] = value
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def planned(config: Path, *sets: str) -> dict[str, tuple[str, str]]:
+    return {d.step: (d.action, d.why) for d in plan_loop(load_config(config, list(sets)))}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, parrot_model_dir):
     tmp = tmp_path_factory.mktemp("loop-a")
@@ -145,38 +190,54 @@ def uninterrupted(tmp_path_factory, parrot_model_dir):
 def test_a_whole_run_is_complete_consistent_and_loadable(uninterrupted):
     import datasets
 
+    from scoder import decontaminate, score, select, synthesize
+
     run = uninterrupted
-    ledger = json.loads((run / "loop.json").read_text())
-    assert ledger["stopped"] is None
+    ledger = steps(run)
     for step in ("seeds", "dp", "round-0/train", "round-1/summary", "final/export"):
-        assert step in ledger["done"], step
+        assert ledger[step]["status"] == "done", step
     r1 = run / "rounds" / "1"
     for name in (
         "seeds.jsonl",
-        "pool.jsonl",
-        "best.jsonl",
-        "selected.jsonl",
-        "baselines/random_at_k.jsonl",
-        "baselines/judge_top_at_k.jsonl",
+        "synthesize/kept.jsonl",
+        "synthesize/dropped.jsonl",
+        "decontaminate/kept.jsonl",
+        "score/scored.jsonl",
+        "score/kept.jsonl",
+        "score/dropped.jsonl",
+        "select/kept.jsonl",
+        "select/dropped.jsonl",
+        "select/baselines/random_at_k.jsonl",
+        "select/baselines/judge_top_at_k.jsonl",
         "summary.json",
         "train/checkpoints/epoch-2/adapter_model.safetensors",
     ):
         assert (r1 / name).is_file(), name
+    for copy in ("pool.jsonl", "best.jsonl", "selected.jsonl"):  # the loop copies nothing
+        assert not (r1 / copy).exists(), copy
     summary = json.loads((r1 / "summary.json").read_text())
     assert len(summary["sampled_from"]) == 2  # M = both enhance checkpoints
     # counts add up stage by stage
     synth = json.loads((r1 / "manifest.json").read_text())["stages"]["synthesize"]["counts"]
     assert synth["generated"] == synth["accepted"] + synth["rejected"] == 3 * 2 * 2
     decon = json.loads((r1 / "decontaminate" / "summary.json").read_text())
-    pool = (r1 / "pool.jsonl").read_text().splitlines()
+    pool = lines(r1 / "decontaminate" / "kept.jsonl")
     assert decon["input"] == synth["accepted"] == len(pool) + decon["dropped"]
-    score = json.loads((r1 / "manifest.json").read_text())["stages"]["score"]["counts"]
-    best = (r1 / "best.jsonl").read_text().splitlines()
-    assert score["candidates"] == len(pool) and len(best) == 3  # one per seed
-    assert summary["counts"]["select"]["selected"] == 2
+    scored = json.loads((r1 / "manifest.json").read_text())["stages"]["score"]["counts"]
+    assert scored["candidates"] == len(pool) and len(lines(r1 / "score" / "kept.jsonl")) == 3
+    assert summary["generated"] == synth["generated"] and summary["best_per_seed"] == 3
+    assert summary["selected"] == 2 == len(lines(r1 / "select" / "kept.jsonl"))
     assert summary["heldout_dp_loss"]["influence"] is not None
+    # every drop names the stage that made it and one of the reasons that stage declares
+    for module in (synthesize, decontaminate, score, select):
+        for row in lines(r1 / module.STAGE / "dropped.jsonl"):
+            assert row["drop"]["stage"] == module.STAGE, module.STAGE
+            assert row["drop"]["reason"] in module.REASONS.reasons, row["drop"]
+    # the ledger holds paths relative to the run directory only
+    assert str(run.resolve()) not in (run / "loop.json").read_text()
+    assert ledger["round-1/train"]["result"]["checkpoints"][0].startswith("rounds/1/train/")
     # the final dataset: provenance on every record, loadable with datasets
-    rows = [json.loads(x) for x in (run / "final" / "dataset.jsonl").read_text().splitlines()]
+    rows = lines(run / "final" / "dataset.jsonl")
     assert 1 <= len(rows) <= 2  # one per final seed whose sample the (tiny) judge could score
     for row in rows:
         assert row["seed_location"] and row["model_digest"].startswith("sha256:")
@@ -188,6 +249,8 @@ def test_a_whole_run_is_complete_consistent_and_loadable(uninterrupted):
     assert table.num_rows == len(rows) and table[0]["id"] == rows[0]["id"]
     card = (run / "final" / "README.md").read_text()
     assert "## Sources" in card and "CC-BY" not in card.split("## License")[1]
+    # a second run of the same config reuses every step
+    assert {action for action, _ in planned(run.parent / "config.yaml").values()} == {"reuse"}
 
 
 def _wait_for(path_test, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -211,8 +274,8 @@ def test_killed_runs_resume_to_the_same_dataset(
     def ledger_has(step):
         def check():
             try:
-                return step in json.loads((run / "loop.json").read_text())["done"]
-            except (OSError, ValueError):
+                return steps(run)[step]["status"] == "done"
+            except (OSError, ValueError, KeyError):
                 return False
 
         return check
@@ -229,64 +292,117 @@ def test_killed_runs_resume_to_the_same_dataset(
     }
     proc = scoder_run(config)
     _wait_for(points[kill_point], proc)
+    if kill_point == "mid_synthesis":  # one run at a time in a directory
+        second = subprocess.run(
+            [sys.executable, "-m", "scoder.cli", "run", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by `scoder run` (pid {proc.pid}" in " ".join(second.stderr.split())
+        assert "Traceback" not in second.stderr
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # the killed run's lock is left behind, naming it; the next run takes it over
+    assert json.loads((run / ".lock").read_text())["pid"] == proc.pid
     finish(scoder_run(config))
     assert (run / "final/dataset.jsonl").read_bytes() == (
         uninterrupted / "final/dataset.jsonl"
     ).read_bytes()
-    for name in ("rounds/1/selected.jsonl", "rounds/1/best.jsonl"):
+    for name in ("rounds/1/select/kept.jsonl", "rounds/1/score/kept.jsonl"):
         assert _content(run / name) == _content(uninterrupted / name), name
 
 
 def _content(path: Path) -> list[tuple]:
     """What a selection is, without the wall-clock times its execution records carry."""
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [(r["id"], r["solution"], r["score"], r["influence"]) for r in rows]
+    return [(r["id"], r["solution"], r["score"], r["influence"]) for r in lines(path)]
 
 
-def test_a_run_directory_of_another_config_is_refused(tmp_path, parrot_model_dir, uninterrupted):
-    other = write_config(tmp_path, parrot_model_dir, run_dir=str(uninterrupted), select__k=1)
-    out = subprocess.run(
-        [sys.executable, "-m", "scoder.cli", "run", str(other)], capture_output=True, text=True
+UPSTREAM = ["seeds", "decontaminate", "teacher", "dp", "rounds"]
+
+
+def test_a_downstream_change_reruns_only_the_final_steps_of_a_moved_run(
+    tmp_path, parrot_model_dir, uninterrupted
+):
+    """final.samples after a finished run, in a copy of its directory: the dry run says the
+    final steps re-run and why; the run re-runs them (sampling with the checkpoints of the copy,
+    not of the original) and leaves every earlier output as it was, bytes and times."""
+    run = copy_run(uninterrupted, tmp_path / "moved")
+    config = variant(uninterrupted, run, tmp_path, final__samples=3)
+    plan = planned(config)
+    rerun = {step for step, (action, _) in plan.items() if action != "reuse"}
+    assert rerun == {
+        "final/seeds",
+        "final/synthesize",
+        "final/decontaminate",
+        "final/score",
+        "final/export",
+    }
+    assert plan["final/seeds"] == ("re-run", "count: 2 -> 3")
+    assert plan["final/synthesize"] == ("re-run", "final/seeds re-runs")
+    before = snapshot(run, UPSTREAM)
+    out = finish(scoder_run(config))
+    assert "re-run final/seeds count: 2 -> 3" in " ".join(out.split())
+    assert snapshot(run, UPSTREAM) == before
+    sampled = json.loads((run / "final" / "manifest.json").read_text())["stages"]["synthesize"]
+    (checkpoint,) = (
+        sampled["info_checkpoints"]
+        if "info_checkpoints" in sampled
+        else (sampled["checkpoints"].values())
     )
-    assert out.returncode == 2
-    assert "another config" in out.stderr and "--force" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert Path(checkpoint).resolve().is_relative_to(run.resolve())
+    seeds = {r["seed"] for r in lines(run / "final" / "dataset.jsonl")}
+    assert 1 <= len(seeds) <= 3 and len(lines(run / "final" / "seeds.jsonl")) == 3
 
 
-def test_selection_ablations(tmp_path, parrot_model_dir):
+def test_an_upstream_change_reruns_its_round_and_what_follows_and_nothing_before(
+    tmp_path, parrot_model_dir, uninterrupted
+):
+    run = copy_run(uninterrupted, tmp_path / "run")
+    config = variant(uninterrupted, run, tmp_path, synthesis__temperature=0.5)
+    plan = planned(config)
+    reused = {step for step, (action, _) in plan.items() if action == "reuse"}
+    assert reused == {"seeds", "dp", "round-0/train", "round-1/seeds", "final/seeds"}
+    assert plan["round-1/synthesize"] == ("re-run", "synthesis.temperature: 0.0 -> 0.5")
+    assert plan["final/export"][0] == "re-run"
+    kept = [*UPSTREAM[:4], "rounds/0", "rounds/1/seeds.jsonl", "final/seeds.jsonl"]
+    before = snapshot(run, kept)
+    old = (run / "rounds/1/synthesize/kept.jsonl").stat().st_mtime_ns
+    finish(scoder_run(config))
+    assert snapshot(run, kept) == before
+    assert (run / "rounds/1/synthesize/kept.jsonl").stat().st_mtime_ns != old
+    for row in lines(run / "rounds/1/synthesize/kept.jsonl"):
+        assert row["sampling"]["temperature"] == 0.5
+    assert {a for a, _ in planned(config).values()} == {"reuse"}
+
+
+def test_selection_ablations():
     """Each switch changes what is selected the way the paper's ablations need."""
-    import numpy as np
     from conftest import make_candidate
 
-    from scoder.loop import _Run, pick_random_per_seed
+    from scoder.score import pick_random_per_seed
+    from scoder.select import BASELINES, choose
 
     cands = [
         make_candidate(id=f"s{s}-c{c}", seed_id=f"s{s}", score=float(s * 10 + c))
         for s in range(4)
         for c in range(3)
     ]
-    # no scorer: one candidate per seed, at random but reproducibly
+    # no scorer: one candidate per seed, at random but reproducibly; the others say why
     picked = pick_random_per_seed(cands, 7)
-    assert sorted(c.seed_id for c in picked) == ["s0", "s1", "s2", "s3"]
-    assert picked == pick_random_per_seed(cands, 7)
-    assert any(c.id != f"{c.seed_id}-c2" for c in picked)  # not simply the best
+    assert sorted(c.seed_id for c in picked.kept) == ["s0", "s1", "s2", "s3"]
+    assert picked.kept == pick_random_per_seed(cands, 7).kept
+    assert any(c.id != f"{c.seed_id}-c2" for c in picked.kept)  # not simply the best
+    assert {c.drop.reason for c in picked.dropped} == {"not_picked"} and len(picked.dropped) == 8
     best = [
         max((c for c in cands if c.seed_id == f"s{s}"), key=lambda c: c.score) for s in range(4)
     ]
-    for selection, expect in (("judge", ["s3-c2", "s2-c2"]), ("random", None)):
-        config = load_config(
-            write_config(tmp_path, parrot_model_dir, loop__selection=selection),
-            [f"run_dir={tmp_path / selection}"],
-        )
-        chosen = _Run(config, force=False)._select(config, tmp_path, best, [], 1)
-        assert len(chosen["selected"]) == 2
-        if expect:
-            assert [c.id for c in chosen["selected"]] == expect
-        else:
-            assert chosen["selected"] == chosen["random_at_k"]
-    assert np.isfinite([c.score for c in best]).all()
+    # no influence: judge-top@k, or random@k, by name, budget-matched
+    assert [c.id for c in choose("judge", best, 2, 1001).kept] == ["s3-c2", "s2-c2"]
+    drawn = choose("random", best, 2, 1001).kept
+    assert len(drawn) == 2 and drawn == choose("random", best, 2, 1001).kept
+    assert BASELINES == {"random_at_k": "random", "judge_top_at_k": "judge"}
 
 
 def test_single_checkpoint_and_baseline_configs(tmp_path, parrot_model_dir):
@@ -311,80 +427,80 @@ def test_single_checkpoint_and_baseline_configs(tmp_path, parrot_model_dir):
             "synthesis.max_new_tokens=120",
         ],
     )
-    from scoder.loop import run_loop
-
     result = run_loop(base)
-    assert result["rounds"] == [] and result["final"]["samples"] == 3
-    rows = [
-        json.loads(x)
-        for x in (tmp_path / "oss" / "final" / "dataset.jsonl").read_text().splitlines()
-    ]
+    assert result.rounds == [] and result.final.samples == 3
+    rows = lines(tmp_path / "oss" / "final" / "dataset.jsonl")
     assert {r["checkpoint"] for r in rows} == {"base"} and all(r["score"] is None for r in rows)
     assert not (tmp_path / "oss" / "rounds").exists()  # no enhancement, no rounds
 
 
 def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
     """final.code_model + final.eval_benchmarks: the dataset tunes a code model (merged, loadable
-    without peft) and `scoder eval` scores it, results in RUN/eval/<bench>/."""
+    without peft) and `scoder eval` scores it, results in RUN/eval/<bench>/. Adding the
+    benchmark after the run runs the evaluation alone."""
     from importlib import resources
-
-    from scoder.loop import run_loop
 
     baseline = resources.files("scoder") / "configs" / "oss-instruct-baseline.yaml"
     (tmp_path / "seeds").mkdir()
     for name, text in SEED_FILES.items():
         (tmp_path / "seeds" / name).write_text(text)
-    config = load_config(
-        Path(str(baseline)),
-        [
-            f"run_dir={tmp_path / 'run'}",
-            f"model.name={parrot_model_dir}",
-            "model.device=cpu",
-            f"seeds.source={tmp_path / 'seeds'}",
-            "seeds.min_lines=2",
-            "final.samples=2",
-            "synthesis.temperature=0",
-            "synthesis.max_new_tokens=120",
-            "final.code_model=true",
-            "final.eval_benchmarks=[humaneval]",
-            "train.epochs=1",
-            "train.lora_targets=[q_proj, v_proj]",
-            "eval.limit=2",
-            "eval.max_new_tokens=16",
-        ],
-    )
-    result = run_loop(config)
-    merged = Path(result["code_model"]["model"])
+    sets = [
+        f"run_dir={tmp_path / 'run'}",
+        f"model.name={parrot_model_dir}",
+        "model.device=cpu",
+        f"seeds.source={tmp_path / 'seeds'}",
+        "seeds.min_lines=2",
+        "final.samples=2",
+        "synthesis.temperature=0",
+        "synthesis.max_new_tokens=120",
+        "final.code_model=true",
+        "train.epochs=1",
+        "train.lora_targets=[q_proj, v_proj]",
+        "eval.limit=2",
+        "eval.max_new_tokens=16",
+    ]
+    first = run_loop(load_config(Path(str(baseline)), sets))
+    merged = tmp_path / "run" / first.code_model.model
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
-    humaneval = result["eval"]["humaneval"]
-    assert "pass@1" in humaneval["pass_at_k"]["base"]
-    results = json.loads(Path(humaneval["results"]).read_text())
+    assert first.eval == {}
+
+    with_eval = [*sets, "final.eval_benchmarks=[humaneval]"]
+    plan = planned(Path(str(baseline)), *with_eval)
+    assert {s for s, (a, _) in plan.items() if a != "reuse"} == {"eval/humaneval"}
+    before = snapshot(tmp_path / "run", ["seeds", "final", "code-model"])
+    result = run_loop(load_config(Path(str(baseline)), with_eval))
+    assert snapshot(tmp_path / "run", ["seeds", "final", "code-model"]) == before
+    humaneval = result.eval["humaneval"]
+    assert "pass@1" in humaneval.pass_at_k["base"]
+    results = json.loads((tmp_path / "run" / humaneval.results).read_text())
     assert results["tasks"] == 2 and results["model"]["id"] == str(merged)
-    assert Path(humaneval["results"]).parent == tmp_path / "run" / "eval" / "humaneval"
+    assert (tmp_path / "run" / humaneval.results).parent == tmp_path / "run" / "eval" / "humaneval"
 
 
-def test_stopping_rule(tmp_path, tiny_model_dir):
+def test_stopping_rule():
     """Stop when the configured metric stops improving by the threshold; the reason says why."""
-    from scoder.loop import _Run
+    from scoder.config import LoopConfig
+    from scoder.loop import Synthesizer
 
-    def summary(r, score, loss):
-        return {
-            "round": r,
-            "counts": {"select": {"selected": 3}},
-            "mean_selected_score": score,
-            "heldout_dp_loss": {"influence": loss},
-        }
-
-    def rule(metric, delta):
-        config = load_config(
-            None,
-            [
-                f"run_dir={tmp_path / f'{metric}-{delta}'}",
-                f"loop.stop_metric={metric}",
-                f"loop.stop_min_delta={delta}",
-            ],
+    def summary(r, score, loss, selected=3):
+        return RoundSummary(
+            round=r,
+            sampled_from=[],
+            generated=6,
+            parsed=6,
+            decontaminated=None,
+            best_per_seed=3,
+            selected=selected,
+            selection="influence",
+            mean_selected_score=score,
+            heldout_dp_loss={"influence": loss},
+            diversity={},
+            trained=Synthesizer(checkpoints=[]),
         )
-        return _Run(config, force=False).should_stop
+
+    def rule(metric, delta, **loop):
+        cfg = LoopConfig(stop_metric=metric, stop_min_delta=delta, **loop)
+        return lambda rounds: stop_reason(cfg, rounds)
 
     rounds = [summary(1, 6.0, 0.80), summary(2, 6.5, 0.79)]
     assert rule("none", 0.0)(rounds) is None
@@ -395,6 +511,9 @@ def test_stopping_rule(tmp_path, tiny_model_dir):
     assert "heldout_dp_loss improved by 0.01" in rule("heldout_dp_loss", 0.05)(rounds)
     assert rule("heldout_dp_loss", 0.001)(rounds) is None  # loss fell by 0.01
     assert rule("heldout_dp_loss", 0.0)(rounds[:1]) is None  # one round: nothing to compare
+    empty = [summary(1, None, None, selected=0)]
+    assert rule("none", 0.0, mix_dp=False)(empty).startswith("empty_selection")
+    assert rule("none", 0.0)(empty) is None  # D_p mixed in: there is still something to learn
 
 
 def test_a_round_with_nothing_selected_keeps_the_previous_synthesizer_and_stops(
@@ -402,8 +521,6 @@ def test_a_round_with_nothing_selected_keeps_the_previous_synthesizer_and_stops(
 ):
     """min_score above every score: nothing is selected; without D_p mixed in there is nothing to
     train on, so the round keeps round 0's synthesizer and the loop stops, saying why."""
-    from scoder.loop import run_loop
-
     config = load_config(
         write_config(
             tmp_path,
@@ -415,11 +532,15 @@ def test_a_round_with_nothing_selected_keeps_the_previous_synthesizer_and_stops(
         )
     )
     result = run_loop(config)
-    assert result["stopped"]["after_round"] == 1
-    assert result["stopped"]["reason"].startswith("empty_selection")
-    ledger = json.loads((tmp_path / "run" / "loop.json").read_text())["done"]
-    assert ledger["round-1/train"]["skipped"]
-    assert ledger["round-1/train"]["checkpoints"] == ledger["round-0/train"]["checkpoints"]
-    assert "round-2/summary" not in ledger and "final/export" in ledger
-    rows = (tmp_path / "run" / "final" / "dataset.jsonl").read_text().splitlines()
-    assert all(json.loads(r)["checkpoint"] == "epoch-2" for r in rows)
+    assert result.stopped["after_round"] == 1
+    assert result.stopped["reason"].startswith("empty_selection")
+    ledger = steps(tmp_path / "run")
+    trained = ledger["round-1/train"]["result"]
+    assert trained["skipped"]
+    assert trained["checkpoints"] == ledger["round-0/train"]["result"]["checkpoints"]
+    assert "round-2/summary" not in ledger and ledger["final/export"]["status"] == "done"
+    rows = lines(tmp_path / "run" / "final" / "dataset.jsonl")
+    assert all(r["checkpoint"] == "epoch-2" for r in rows)
+    # resumed, the run stops at the same place without running anything
+    again = run_loop(config)
+    assert again.stopped == result.stopped and "round-2/summary" not in steps(tmp_path / "run")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scoder import sandbox
-from scoder.sandbox import LEVELS, ExecResult, run_many, run_program, split_tests
+from scoder.sandbox import LEVELS, ExecResult, isolation, run_many, run_program, split_tests
 
 AVAILABLE = [level for level in LEVELS if not sandbox._probe(level)]
 NAMESPACED = [level for level in AVAILABLE if level != "rlimits"]
@@ -61,17 +61,18 @@ def host_clean(monkeypatch):
     from those of other sandboxes running on the machine at the same time.
     """
     uids: set[int] = set()
-    claim = sandbox._claim_uid
+    claim = isolation.claim_uid
 
     def recording_claim() -> int:
         uid = claim()
         uids.add(uid)
         return uid
 
-    monkeypatch.setattr(sandbox, "_claim_uid", recording_claim)
+    monkeypatch.setattr(isolation, "claim_uid", recording_claim)
     before = _work_dirs()
     yield
     if os.geteuid() == 0:
+        assert uids, "no run claimed a uid through isolation.claim_uid: the checks below saw none"
         assert _processes_of(uids) == []
         leftovers = [
             p for p in _work_dirs() if os.stat(Path(tempfile.gettempdir(), p)).st_uid in uids
@@ -212,7 +213,7 @@ def test_available_isolation_is_the_strongest_that_works():
     level = sandbox.available_isolation()
     assert level == AVAILABLE[0]
     assert sandbox.available_isolation() == level  # cached
-    if sandbox._get_host().tools["bwrap"]:
+    if isolation.get_host().tools["bwrap"]:
         # installed but not working would silently weaken every run: say why
         assert sandbox._probe("bwrap") == "" and level == "bwrap", sandbox._probe("bwrap")
 

@@ -142,7 +142,8 @@ def test_select_best_per_seed_with_reasons_and_deterministic_ties():
         ],
         w,
     )
-    selected, rejected = select_best(cands, w, cfg)
+    best = select_best(cands, cfg)
+    selected, rejected = best.kept, best.dropped
     assert [c.id for c in selected] == ["a2", "b1"]
     reasons = {c.id: c.drop.reason for c in rejected}
     assert reasons == {
@@ -153,8 +154,9 @@ def test_select_best_per_seed_with_reasons_and_deterministic_ties():
     }
     assert next(c for c in rejected if c.id == "c1").drop.detail == "malformed_json: x"
     # the same input in another order gives the same choice
-    again, _ = select_best(list(reversed(cands)), w, cfg)
+    again = select_best(list(reversed(cands)), cfg).kept
     assert [c.id for c in again] == ["a2", "b1"]
+    assert next(c for c in rejected if c.id == "a1").drop.related == "a2"
 
 
 def test_require_pass_and_min_score():
@@ -170,7 +172,8 @@ def test_require_pass_and_min_score():
         ],
         w,
     )
-    selected, rejected = select_best(cands, w, cfg)
+    best = select_best(cands, cfg)
+    selected, rejected = best.kept, best.dropped
     assert [c.id for c in selected] == ["b1"]
     reasons = {c.id: (c.drop.reason, c.drop.detail) for c in rejected}
     assert reasons["a1"] == ("execution_failed", "failed")
@@ -333,8 +336,8 @@ def test_run_score_executes_and_records_everything(tmp_path, tiny_model_dir):
     )
     for name in (
         "scored.jsonl",
-        "selected.jsonl",
-        "rejected.jsonl",
+        "kept.jsonl",
+        "dropped.jsonl",
         "weights.json",
         "summary.json",
     ):

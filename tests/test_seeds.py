@@ -73,7 +73,8 @@ def mine(root, **kw):
     cfg = SeedsConfig(
         source=str(root), max_seeds=None, min_lines=3, max_lines=40, max_file_bytes=100_000, **kw
     )
-    return mine_seeds(cfg, random_seed=0)
+    mined = mine_seeds(cfg, random_seed=0)
+    return mined.kept, mined.dropped
 
 
 def test_directory_source_keeps_definitions_and_records_every_drop(source_dir):
@@ -113,10 +114,10 @@ def test_max_seeds_sample_is_reproducible_and_depends_on_the_seed(source_dir):
     for i in range(12):
         (source_dir / f"extra{i}.py").write_text(f"def f{i}(x):\n    y = x + {i}\n    return y\n")
     cfg = SeedsConfig(source=str(source_dir), max_seeds=4, max_file_bytes=100_000)
-    first = [s.id for s in mine_seeds(cfg, random_seed=0)[0]]
-    assert first == [s.id for s in mine_seeds(cfg, random_seed=0)[0]]
+    first = [s.id for s in mine_seeds(cfg, random_seed=0).kept]
+    assert first == [s.id for s in mine_seeds(cfg, random_seed=0).kept]
     assert len(first) == 4
-    assert first != [s.id for s in mine_seeds(cfg, random_seed=1)[0]]
+    assert first != [s.id for s in mine_seeds(cfg, random_seed=1).kept]
 
 
 def test_git_checkout_uses_tracked_files_only(source_dir):
@@ -140,7 +141,8 @@ def test_jsonl_and_parquet_sources(tmp_path):
     parquet = tmp_path / "seeds.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     for path in (jsonl, parquet):
-        kept, dropped = mine_seeds(SeedsConfig(source=str(path), max_seeds=None), random_seed=0)
+        mined = mine_seeds(SeedsConfig(source=str(path), max_seeds=None), random_seed=0)
+        kept, dropped = mined.kept, mined.dropped
         assert sorted(s.source.name for s in kept) == ["Stack", "area", "decorated"]
         assert {s.source.row for s in kept} == {0}
         assert Counter(s.drop.reason for s in dropped) == Counter(
@@ -152,7 +154,9 @@ def test_jsonl_and_parquet_sources(tmp_path):
 def test_whole_rows_as_seeds(tmp_path):
     path = tmp_path / "snippets.jsonl"
     path.write_text(json.dumps({"code": "x = 1\ny = 2\nprint(x + y)\n"}) + "\n")
-    kept, _ = mine_seeds(SeedsConfig(source=str(path), column="code", unit="whole"), random_seed=0)
+    kept = mine_seeds(
+        SeedsConfig(source=str(path), column="code", unit="whole"), random_seed=0
+    ).kept
     assert [s.text for s in kept] == ["x = 1\ny = 2\nprint(x + y)"]
 
 
@@ -175,8 +179,8 @@ def test_unusable_sources_are_clear_errors(tmp_path, source):
 
 def test_stdlib_default_is_reproducible():
     cfg = SeedsConfig(max_seeds=10)
-    a, _ = mine_seeds(cfg, random_seed=0)
-    b, _ = mine_seeds(cfg, random_seed=0)
+    a = mine_seeds(cfg, random_seed=0).kept
+    b = mine_seeds(cfg, random_seed=0).kept
     assert len(a) == 10 and [s.id for s in a] == [s.id for s in b]
     assert all(
         s.source.kind == "stdlib" and "test" not in s.source.location.split("/")[:-1] for s in a
@@ -194,10 +198,11 @@ def test_run_seeds_writes_files_readable_by_datasets(tmp_path, source_dir):
             "seeds.max_file_bytes=100000",
         ],
     )
-    run, kept, dropped = run_seeds(cfg)
-    seeds_file = run.stage_dir("seeds") / "seeds.jsonl"
+    run, mined = run_seeds(cfg)
+    kept, dropped = mined.kept, mined.dropped
+    seeds_file = run.stage_dir("seeds") / "kept.jsonl"
     assert [s.id for s in read_jsonl(seeds_file, type(kept[0]))] == [s.id for s in kept]
-    for name, expected in (("seeds.jsonl", len(kept)), ("rejected.jsonl", len(dropped))):
+    for name, expected in (("kept.jsonl", len(kept)), ("dropped.jsonl", len(dropped))):
         ds = datasets.load_dataset(
             "json", data_files=str(run.stage_dir("seeds") / name), split="train"
         )
@@ -216,9 +221,22 @@ def test_hf_dataset_source_streams_rows(tmp_path):
         pa.Table.from_pylist([{"content": GOOD}, {"content": DUPLICATE}]),
         folder / "data" / "train.parquet",
     )
-    kept, dropped = mine_seeds(SeedsConfig(source=f"hf:{folder}", max_seeds=None), random_seed=0)
+    mined = mine_seeds(SeedsConfig(source=f"hf:{folder}", max_seeds=None), random_seed=0)
+    kept, dropped = mined.kept, mined.dropped
     assert sorted(s.source.name for s in kept) == ["Stack", "area", "decorated"]
     assert all(s.source.kind == "hf" and s.source.location == str(folder) for s in kept)
     assert Counter(s.drop.reason for s in dropped) == Counter({"duplicate": 1, "too_short": 1})
     with pytest.raises(SeedSourceError, match="no column 'code'"):
         mine_seeds(SeedsConfig(source=f"hf:{folder}", column="code"), random_seed=0)
+
+
+def test_mining_more_seeds_starts_with_the_same_ones(source_dir):
+    """The loop's seed pool grows when a config asks for more rounds or final samples: the
+    seeds already handed to rounds must stay what they were."""
+    for i in range(12):
+        (source_dir / f"extra{i}.py").write_text(f"def f{i}(x):\n    y = x + {i}\n    return y\n")
+    cfg = SeedsConfig(source=str(source_dir), max_file_bytes=100_000)
+    few = mine_seeds(cfg, random_seed=3, max_seeds=4).kept
+    more = mine_seeds(cfg, random_seed=3, max_seeds=9).kept
+    assert len(few) == 4 and len(more) == 9
+    assert [s.id for s in more[:4]] == [s.id for s in few]

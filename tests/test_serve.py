@@ -105,8 +105,8 @@ def test_synthesize_through_the_server(server, tmp_path):
     run, result = run_synthesize(cfg)
     out = run.stage_dir("synthesize")
     assert (
-        len(read_jsonl(out / "candidates.jsonl", Candidate))
-        + len(read_jsonl(out / "rejected.jsonl", Candidate))
+        len(read_jsonl(out / "kept.jsonl", Candidate))
+        + len(read_jsonl(out / "dropped.jsonl", Candidate))
         == 4
     )
     model = run.load_manifest()["stages"]["synthesize"]["model"]

@@ -93,3 +93,34 @@ def test_failed_stage_is_recorded(tmp_path):
         raise ValueError("boom")
     entry = run.load_manifest()["stages"]["x"]
     assert entry["status"] == "failed" and "boom" in entry["error"]
+
+
+def test_run_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path):
+    """Held here, the lock refuses another process at once, naming this one; a lock file left by
+    a process that died (its pid written, its flock gone with it) is simply taken over."""
+    from scoder.store import LOCK_FILE, run_lock
+
+    probe = (
+        "import sys\nfrom scoder.store import run_lock\n"
+        "try:\n    with run_lock(sys.argv[1], 'probe'):\n        print('got it')\n"
+        "except Exception as exc:\n    print(exc)\n"
+    )
+
+    def other_process() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True
+        )
+        return done.stdout
+
+    with run_lock(tmp_path, "scoder run"):
+        refused = " ".join(other_process().split())
+        assert f"is in use by `scoder run` (pid {os.getpid()}" in refused
+        with run_lock(tmp_path, "scoder run"):  # re-entrant within one process
+            pass
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    (tmp_path / LOCK_FILE).write_text(
+        json.dumps({"pid": int(dead.stdout), "command": "scoder run", "since": "earlier"})
+    )
+    assert other_process().strip() == "got it"

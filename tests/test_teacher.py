@@ -88,7 +88,7 @@ def test_import_maps_fields_and_names_the_missing_one(tmp_path):
         and samples[0].problem == "Do f."
         and samples[0].tests is None
     )
-    assert len(read_jsonl(run.stage_dir("teacher") / "dp.jsonl", DpSample)) == 2
+    assert len(read_jsonl(run.stage_dir("teacher") / "kept.jsonl", DpSample)) == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
         json.dumps(rows[0]) + "\n" + json.dumps({"seed": "x", "instruction": "y"}) + "\n"
@@ -165,6 +165,6 @@ def test_generate_route_killed_and_resumed_sends_only_missing_requests(server, t
     usage = json.loads((out / "manifest.json").read_text())["stages"]["teacher"]["model"]["usage"]
     assert usage["cached_requests"] == done_before and usage["requests"] == 8 - done_before
     assert len(log.read_text().splitlines()) == 8
-    samples = read_jsonl(out / "teacher" / "dp.jsonl", DpSample)
-    rejected = read_jsonl(out / "teacher" / "rejected.jsonl")
+    samples = read_jsonl(out / "teacher" / "kept.jsonl", DpSample)
+    rejected = read_jsonl(out / "teacher" / "dropped.jsonl")
     assert len(samples) + len(rejected) == 8 and len({s.id for s in samples}) == len(samples)

@@ -9,9 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoder.checkpoints import load_checkpoint
+from scoder.checkpoints import read_checkpoint
 from scoder.config import load_config
 from scoder.errors import ScoderError
+from scoder.models import load_causal_lm, resolve_model
+from scoder.train import run_train
+
+
+def load_checkpoint(path, model_dir):
+    """The model with the checkpoint's adapter attached (trainable), and the checkpoint."""
+    model = load_causal_lm(
+        resolve_model(str(model_dir)), device="cpu", adapter=path, trainable=True
+    )
+    return model, read_checkpoint(path, model)
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +32,11 @@ def dp_file(tmp_path_factory):
     return path
 
 
-def settings(tmp_path, tiny_model_dir, dp_file, name="run", *extra):
+def settings(tmp_path, tiny_model_dir, name="run", *extra):
     return [
         f"run_dir={tmp_path / name}",
         f"model.name={tiny_model_dir}",
         "model.device=cpu",
-        f"train.data={dp_file}",
         "train.epochs=2",
         "train.batch_size=2",
         "train.max_length=4096",
@@ -37,19 +46,13 @@ def settings(tmp_path, tiny_model_dir, dp_file, name="run", *extra):
 
 
 def test_epoch_checkpoints_carry_named_adam_state_and_mean_lr(tmp_path, tiny_model_dir, dp_file):
-    from transformers import AutoModelForCausalLM
-
-    from scoder.train import run_train
-
-    run, out = run_train(load_config(None, settings(tmp_path, tiny_model_dir, dp_file)))
+    run, out = run_train(load_config(None, settings(tmp_path, tiny_model_dir)), dp_file)
     ckpts = out["checkpoints"]
     assert [c["step"] for c in ckpts] == [3, 6]
     # linear decay from 2e-4 over 6 steps: the mean rate of each epoch's three steps
     assert ckpts[0]["mean_lr"] == pytest.approx(2e-4 * (6 + 5 + 4) / 18)
     assert ckpts[1]["mean_lr"] == pytest.approx(2e-4 * (3 + 2 + 1) / 18)
-    model, ckpt = load_checkpoint(
-        ckpts[1]["path"], AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    )
+    model, ckpt = load_checkpoint(ckpts[1]["path"], tiny_model_dir)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(ckpt.optimizer_state) == trainable and len(trainable) == 8
     stage = run.load_manifest()["stages"]["train"]
@@ -58,13 +61,11 @@ def test_epoch_checkpoints_carry_named_adam_state_and_mean_lr(tmp_path, tiny_mod
 
 
 def test_same_config_reproduces_the_same_adapter(tmp_path, tiny_model_dir, dp_file):
-    from scoder.train import run_train
-
     a = run_train(
-        load_config(None, settings(tmp_path, tiny_model_dir, dp_file, "a", "train.epochs=1"))
+        load_config(None, settings(tmp_path, tiny_model_dir, "a", "train.epochs=1")), dp_file
     )[1]
     b = run_train(
-        load_config(None, settings(tmp_path, tiny_model_dir, dp_file, "b", "train.epochs=1"))
+        load_config(None, settings(tmp_path, tiny_model_dir, "b", "train.epochs=1")), dp_file
     )[1]
     wa = load_file(f"{a['checkpoints'][0]['path']}/adapter_model.safetensors")
     wb = load_file(f"{b['checkpoints'][0]['path']}/adapter_model.safetensors")
@@ -72,26 +73,32 @@ def test_same_config_reproduces_the_same_adapter(tmp_path, tiny_model_dir, dp_fi
 
 
 def test_untrainable_examples_are_dropped_or_refused(tmp_path, tiny_model_dir, dp_file):
-    from scoder.train import run_train
-
     with pytest.raises(ScoderError, match="nothing trainable"):
         run_train(
-            load_config(
-                None, settings(tmp_path, tiny_model_dir, dp_file, "x", "train.max_length=64")
-            )
+            load_config(None, settings(tmp_path, tiny_model_dir, "x", "train.max_length=64")),
+            dp_file,
         )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"seed_text": "x", "problem": "p"}) + "\n")
     with pytest.raises(ScoderError, match="row 1 has no text field 'solution'"):
-        run_train(load_config(None, settings(tmp_path, tiny_model_dir, bad, "y")))
+        run_train(load_config(None, settings(tmp_path, tiny_model_dir, "y")), bad)
+    # every problem with the inputs is named at once
+    with pytest.raises(ScoderError) as caught:
+        run_train(
+            load_config(None, settings(tmp_path, tiny_model_dir, "z")),
+            tmp_path / "missing.jsonl",
+            eval_data=tmp_path / "missing-too.jsonl",
+            init_adapter=tmp_path,
+        )
+    message = str(caught.value)
+    assert "--data" in message and "--eval-data" in message and "--init-adapter" in message
 
 
 def test_trained_checkpoints_feed_select(tmp_path, tiny_model_dir, dp_file):
-    """train -> select, the way the loop will chain them."""
+    """train -> select, the way the loop chains them."""
     from scoder.select import run_select
-    from scoder.train import run_train
 
-    out = run_train(load_config(None, settings(tmp_path, tiny_model_dir, dp_file)))[1]
+    out = run_train(load_config(None, settings(tmp_path, tiny_model_dir)), dp_file)[1]
     rows = [json.loads(line) for line in dp_file.read_text().splitlines()]
     from conftest import make_candidate
 
@@ -111,21 +118,19 @@ def test_trained_checkpoints_feed_select(tmp_path, tiny_model_dir, dp_file):
             for i, r in enumerate(rows)
         )
     )
-    paths = ", ".join(c["path"] for c in out["checkpoints"])
     cfg = load_config(
         None,
         [
             f"run_dir={tmp_path / 'run'}",
             f"model.name={tiny_model_dir}",
             "model.device=cpu",
-            f"select.dp={dp_file}",
-            f"select.checkpoints=[{paths}]",
             "select.k=3",
             "select.projection_dim=128",
         ],
     )
-    run, sel = run_select(cfg, cands)
-    assert len(sel["selected"]) == 3
+    paths = [c["path"] for c in out["checkpoints"]]
+    run, sel = run_select(cfg, cands, dp=dp_file, checkpoints=paths)
+    assert len(sel.kept) == 3
     assert [
         c["adam_preconditioned"] for c in run.load_manifest()["stages"]["select"]["checkpoints"]
     ] == [True, True]
@@ -139,10 +144,9 @@ def test_multi_checkpoint_sampling_switches_adapters_on_one_model(
     from scoder.seeds import run_seeds
     from scoder.store import read_jsonl
     from scoder.synthesize import run_synthesize
-    from scoder.train import run_train
 
     trained = run_train(
-        load_config(None, settings(tmp_path, tiny_model_dir, dp_file, "t", "train.epochs=1"))
+        load_config(None, settings(tmp_path, tiny_model_dir, "t", "train.epochs=1")), dp_file
     )[1]
     code = tmp_path / "code"
     code.mkdir()
@@ -157,11 +161,11 @@ def test_multi_checkpoint_sampling_switches_adapters_on_one_model(
         "synthesis.n=2",
         "synthesis.max_new_tokens=8",
         "synthesis.temperature=0",
-        f"synthesis.checkpoints=[{trained['checkpoints'][0]['path']}, {adapter_dir}]",
     ]
     cfg = load_config(None, sets)
     run_seeds(cfg)
-    run, result = run_synthesize(cfg)
+    checkpoints = [trained["checkpoints"][0]["path"], adapter_dir]
+    run, result = run_synthesize(cfg, checkpoints=checkpoints)
     cands = result.accepted + result.rejected
     names = {c.checkpoint for c in cands}
     assert names == {"epoch-1", adapter_dir.name} and len(cands) == 2 * 2 * 2
@@ -171,29 +175,21 @@ def test_multi_checkpoint_sampling_switches_adapters_on_one_model(
     counts = run.load_manifest()["stages"]["synthesize"]["counts"]
     assert counts["per_checkpoint"] == {"epoch-1": 4, adapter_dir.name: 4}
     assert (
-        len(read_jsonl(run.stage_dir("synthesize") / "rejected.jsonl", Candidate))
-        + len(result.accepted)
+        len(read_jsonl(run.stage_dir("synthesize") / "dropped.jsonl", Candidate))
+        + len(read_jsonl(run.stage_dir("synthesize") / "kept.jsonl", Candidate))
         == 8
     )
     with pytest.raises(ScoderError, match="is not a LoRA adapter directory"):
-        run_synthesize(
-            load_config(None, [*sets[:-1], f"synthesis.checkpoints=[{tmp_path}]"]), force=True
-        )
+        run_synthesize(cfg, checkpoints=[tmp_path], force=True)
 
 
 def test_named_optimizer_state_is_the_trainers_own(tmp_path, tiny_model_dir, dp_file):
     """The last checkpoint's Adam state, looked up by parameter name, equals what the trainer's
     optimizer holds for that very parameter object."""
-    from transformers import AutoModelForCausalLM
-
-    from scoder.train import run_train
-
-    out = run_train(load_config(None, settings(tmp_path, tiny_model_dir, dp_file)))[1]
+    out = run_train(load_config(None, settings(tmp_path, tiny_model_dir)), dp_file)[1]
     trainer = out["trainer"]
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    _, ckpt = load_checkpoint(
-        out["checkpoints"][-1]["path"], AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    )
+    _, ckpt = load_checkpoint(out["checkpoints"][-1]["path"], tiny_model_dir)
     live = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert set(ckpt.optimizer_state) == set(live)
     for name, param in live.items():
@@ -214,10 +210,10 @@ def test_code_task_model_loads_with_transformers_and_peft(tmp_path, tiny_model_d
 
     from scoder.cli import app
 
-    args = ["train", "--task", "code", "--out", str(tmp_path / "run")]
-    for item in settings(tmp_path, tiny_model_dir, dp_file)[1:]:
+    args = ["train", "--task", "code", "--data", str(dp_file), "--out", str(tmp_path / "run")]
+    for item in settings(tmp_path, tiny_model_dir)[1:]:
         args += ["--set", item]
-    result = CliRunner().invoke(app, [*args, "--set", "train.merge=true"])
+    result = CliRunner().invoke(app, [*args, "--merge"])
     assert result.exit_code == 0, result.output
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train"]
     assert stage["task"] == "code" and stage["format"] == "chat template"
@@ -240,7 +236,6 @@ def test_embedded_model_learns_dp_and_its_checkpoints_generate(tmp_path):
     them goes down, and each epoch's checkpoint loads and generates."""
     from scoder.seeds import run_seeds
     from scoder.synthesize import run_synthesize
-    from scoder.train import run_train
 
     rows = (resources.files("scoder") / "data" / "dp_mbpp_train.jsonl").read_text().splitlines()
     shortest = sorted(rows, key=len)[:2]
@@ -248,21 +243,18 @@ def test_embedded_model_learns_dp_and_its_checkpoints_generate(tmp_path):
     data.write_text("\n".join(shortest) + "\n")
     sets = [
         f"run_dir={tmp_path / 'run'}",
-        f"train.data={data}",
-        f"train.eval_data={data}",
         "train.epochs=2",
         "train.batch_size=3",
         "train.learning_rate=2e-3",
         "train.lora_r=16",
         "train.max_length=1024",
     ]
-    run, out = run_train(load_config(None, sets))
+    run, out = run_train(load_config(None, sets), data, eval_data=data)
     before, *after = out["eval_losses"]
     assert len(after) == 2 and after[-1] < before * 0.9, out["eval_losses"]
     code = tmp_path / "code"
     code.mkdir()
     (code / "m.py").write_text("def double(x):\n    y = x * 2\n    return y\n")
-    paths = ", ".join(c["path"] for c in out["checkpoints"])
     cfg = load_config(
         None,
         [
@@ -271,11 +263,10 @@ def test_embedded_model_learns_dp_and_its_checkpoints_generate(tmp_path):
             "seeds.min_lines=1",
             "synthesis.max_new_tokens=24",
             "synthesis.temperature=0",
-            f"synthesis.checkpoints=[{paths}]",
         ],
     )
     run_seeds(cfg)
-    _, result = run_synthesize(cfg)
+    _, result = run_synthesize(cfg, checkpoints=[c["path"] for c in out["checkpoints"]])
     cands = result.accepted + result.rejected
     assert {c.checkpoint for c in cands} == {"epoch-1", "epoch-2"}
     assert all(c.completion_tokens > 0 and c.raw_output.strip() for c in cands)

@@ -29,7 +29,6 @@ def _trainer(tmp_path, model_dir, rows, *sets, task="synthesizer"):
         [
             f"run_dir={tmp_path}",
             f"model.name={model_dir}",
-            f"train.task={task}",
             "train.batch_size=3",
             "train.lora_targets=[q_proj, v_proj]",
             *sets,

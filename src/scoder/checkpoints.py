@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from scoder.errors import ScoderError
 from scoder.influence import AdamState
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CHECKPOINT_INFO = "scoder_checkpoint.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -80,26 +81,31 @@ def _adapter_key(name: str) -> str:
     return name
 
 
-def load_checkpoint(
-    path: str | Path, base_model: nn.Module, *, missing_state: str = "error"
-) -> tuple[nn.Module, Checkpoint]:
-    """(base model with the adapter attached, trainable; checkpoint info and named Adam state)."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
+def check_checkpoint(path: str | Path) -> Path:
+    """`path` if it is a scoder checkpoint (a LoRA adapter and its training info), else one clear
+    error saying what it is instead."""
     path = Path(path)
-    info_file = path / CHECKPOINT_INFO
     if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise CheckpointError(
             f"{path} holds full fine-tuned weights (train.lora=false): load it as a model "
             "directory; influence and multi-checkpoint sampling need LoRA checkpoints"
         )
-    if not (path / "adapter_config.json").is_file() or not info_file.is_file():
+    if not (path / "adapter_config.json").is_file() or not (path / CHECKPOINT_INFO).is_file():
         raise CheckpointError(
             f"{path} is not a scoder checkpoint (needs adapter_config.json and {CHECKPOINT_INFO})"
         )
-    info: dict[str, Any] = json.loads(info_file.read_text())
-    model = PeftModel.from_pretrained(base_model, path, is_trainable=True)
+    return path
+
+
+def read_checkpoint(
+    path: str | Path, model: nn.Module, *, missing_state: str = "error"
+) -> Checkpoint:
+    """The checkpoint's info and Adam state, keyed by the parameter names of `model` (the base
+    model with this checkpoint's adapter attached, e.g. by `scoder.models.load_causal_lm`)."""
+    from safetensors.torch import load_file
+
+    path = check_checkpoint(path)
+    info: dict[str, Any] = json.loads((path / CHECKPOINT_INFO).read_text())
     state: dict[str, AdamState] | None = None
     if (path / OPTIMIZER_FILE).is_file():
         tensors = load_file(str(path / OPTIMIZER_FILE))
@@ -118,4 +124,4 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} has no {OPTIMIZER_FILE}: candidates cannot be Adam-preconditioned"
         )
-    return model, Checkpoint(path, float(info["mean_lr"]), int(info["step"]), state)
+    return Checkpoint(path, float(info["mean_lr"]), int(info["step"]), state)

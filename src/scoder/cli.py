@@ -17,7 +17,23 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
+from scoder import decontaminate as decontaminate_stage
+from scoder.config import Config, ModelConfig, load_config
+from scoder.dataset import push_to_hub
 from scoder.errors import ScoderError
+from scoder.eval import benchmark_file, run_eval
+from scoder.eval.benchmarks import BENCHMARKS
+from scoder.ledger import Decision
+from scoder.loop import LoopResult, plan_loop, run_loop
+from scoder.models import TransformersBackend, load_backend, resolve_model
+from scoder.score import run_score
+from scoder.seeds import run_seeds
+from scoder.select import run_select
+from scoder.serve import serve as run_server
+from scoder.store import RunDir, run_lock
+from scoder.synthesize import run_synthesize
+from scoder.teacher import run_teacher
+from scoder.train import run_train
 
 app = typer.Typer(
     name="scoder",
@@ -70,9 +86,9 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _config(config: Path | None, sets: list[str] | None, out: Path | None, extra: list[str] = ()):
-    from scoder.config import load_config
-
+def _config(
+    config: Path | None, sets: list[str] | None, out: Path | None, extra: list[str] = ()
+) -> Config:
     overrides = [*(sets or []), *extra]
     if out is not None:
         overrides.append(f"run_dir={out}")
@@ -95,17 +111,14 @@ def seeds(
     force: ForceOpt = False,
 ) -> None:
     """Mine seed code snippets (top-level functions and classes) into RUN/seeds/."""
-    from scoder.seeds import run_seeds
-
     extra = [f"seeds.source={source}"] if source else []
     if max_seeds is not None:
         extra.append(f"seeds.max_seeds={max_seeds}")
     cfg = _config(config, set_, out, extra)
-    run, kept, dropped = run_seeds(cfg, force=force)
+    with run_lock(cfg.run_dir, "scoder seeds"):
+        run, _ = run_seeds(cfg, force=force)
     _print_stage_summary(run, "seeds")
-    console.print(
-        f"seeds: {run.stage_dir('seeds') / 'seeds.jsonl'}", soft_wrap=True, highlight=False
-    )
+    _print_files(run.stage_dir("seeds"), "kept.jsonl", "dropped.jsonl")
 
 
 @app.command()
@@ -129,19 +142,16 @@ def synthesize(
     force: ForceOpt = False,
 ) -> None:
     """Turn each seed snippet into a problem, a solution and unit tests (RUN/synthesize/)."""
-    from scoder.synthesize import run_synthesize
-
     extra = [f"model.name={model}"] if model else []
     if n is not None:
         extra.append(f"synthesis.n={n}")
-    if checkpoints:
-        extra.append(
-            "synthesis.checkpoints=[" + ", ".join(c.strip() for c in checkpoints.split(",")) + "]"
-        )
     cfg = _config(config, set_, out, extra)
-    run, result = run_synthesize(cfg, seeds_file, force=force)
+    adapters = [Path(c.strip()) for c in (checkpoints or "").split(",") if c.strip()]
+    with run_lock(cfg.run_dir, "scoder synthesize"):
+        run, result = run_synthesize(cfg, seeds_file, checkpoints=adapters, force=force)
     _print_stage_summary(run, "synthesize")
     _print_examples(result.accepted)
+    _print_files(run.stage_dir("synthesize"), "kept.jsonl", "dropped.jsonl")
 
 
 @app.command()
@@ -152,7 +162,7 @@ def score(
     out: OutOpt = None,
     candidates: Annotated[
         Path | None,
-        typer.Option(help="Candidates JSONL (default: RUN/synthesize/candidates.jsonl)."),
+        typer.Option(help="Candidates JSONL (default: RUN/synthesize/kept.jsonl)."),
     ] = None,
     judge: Annotated[
         str | None, typer.Option(help="Judge model: hub id or local directory (default: embedded).")
@@ -168,13 +178,13 @@ def score(
     force: ForceOpt = False,
 ) -> None:
     """Execute each candidate's tests, judge it on Z aspects, keep the best per seed (RUN/score/)."""
-    from scoder.score import run_score
-
     extra = [f"score.judge.name={judge}"] if judge else []
     cfg = _config(config, set_, out, extra)
-    run, result = run_score(cfg, candidates, fit_labels=fit_weights, force=force)
+    with run_lock(cfg.run_dir, "scoder score"):
+        run, result = run_score(cfg, candidates, fit_labels=fit_weights, force=force)
     _print_stage_summary(run, "score")
     _print_score_summary(result.summary)
+    _print_files(run.stage_dir("score"), "kept.jsonl", "dropped.jsonl", "scored.jsonl")
 
 
 @app.command()
@@ -185,7 +195,7 @@ def select(
     out: OutOpt = None,
     candidates: Annotated[
         Path | None,
-        typer.Option(help="Candidates JSONL (default: RUN/score/selected.jsonl, best per seed)."),
+        typer.Option(help="Candidates JSONL (default: RUN/score/kept.jsonl, best per seed)."),
     ] = None,
     dp: Annotated[
         Path | None, typer.Option("--dp", help="D_p: JSONL of seed_text/problem/solution(/tests).")
@@ -205,13 +215,7 @@ def select(
 ) -> None:
     """Keep the candidates most influential on D_p (LoRA gradients), with random@k and judge-top@k
     baselines beside them (RUN/select/)."""
-    from scoder.select import run_select
-
-    extra = [f"select.dp={dp}"] if dp else []
-    if checkpoint:
-        extra.append("select.checkpoints=[" + ", ".join(str(c) for c in checkpoint) + "]")
-    if k is not None:
-        extra.append(f"select.k={k}")
+    extra = [f"select.k={k}"] if k is not None else []
     cfg = _config(config, set_, out, extra)
     shard_of: tuple[int, int] | None = None
     if shard:
@@ -219,14 +223,22 @@ def select(
         if not (index.isdigit() and count.isdigit()):
             raise ScoderError(f"--shard expects I/N, e.g. 2/4 (got {shard!r})")
         shard_of = (int(index), int(count))
-    run, result = run_select(cfg, candidates, force=force, shard=shard_of)
+    with run_lock(cfg.run_dir, "scoder select"):
+        run, _ = run_select(
+            cfg, candidates, dp=dp, checkpoints=checkpoint or [], shard=shard_of, force=force
+        )
     if shard_of:
         _print_stage_summary(run, f"select-shard-{shard_of[0]}-of-{shard_of[1]}")
         console.print(f"features saved under {run.path / 'features'}", soft_wrap=True)
         return
     _print_stage_summary(run, "select")
-    for name in ("selected.jsonl", "baselines/random_at_k.jsonl", "baselines/judge_top_at_k.jsonl"):
-        console.print(f"  {run.stage_dir('select') / name}", soft_wrap=True, highlight=False)
+    _print_files(
+        run.stage_dir("select"),
+        "kept.jsonl",
+        "dropped.jsonl",
+        "baselines/random_at_k.jsonl",
+        "baselines/judge_top_at_k.jsonl",
+    )
 
 
 @app.command()
@@ -236,22 +248,41 @@ def train(
     set_: SetOpt = None,
     out: OutOpt = None,
     data: Annotated[
-        Path | None, typer.Option(help="Training rows JSONL (e.g. RUN/teacher/dp.jsonl).")
+        Path | None, typer.Option(help="Training rows JSONL (e.g. RUN/teacher/kept.jsonl).")
     ] = None,
-    task: Annotated[str | None, typer.Option(help="synthesizer or code.")] = None,
+    task: Annotated[str, typer.Option(help="synthesizer or code.")] = "synthesizer",
     model: Annotated[
         str | None, typer.Option(help="Hub id or local model directory (default: embedded).")
     ] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rows whose completion loss is measured before training and after every epoch."
+        ),
+    ] = None,
+    init_adapter: Annotated[
+        Path | None,
+        typer.Option(help="Continue this LoRA adapter (e.g. a checkpoint) instead of a new one."),
+    ] = None,
+    merge: Annotated[
+        bool, typer.Option(help="Also write the merged model (RUN/train/model/), loadable alone.")
+    ] = False,
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune with TRL (LoRA by default); a checkpoint per epoch for influence (RUN/train/)."""
-    from scoder.train import run_train
-
-    extra = [f"train.task={task}"] if task else []
-    if model:
-        extra.append(f"model.name={model}")
-    cfg = _config(config, set_, out, extra)
-    run, result = run_train(cfg, data, force=force)
+    if task not in ("synthesizer", "code"):
+        raise ScoderError(f"--task is synthesizer or code (got {task!r})")
+    cfg = _config(config, set_, out, [f"model.name={model}"] if model else [])
+    with run_lock(cfg.run_dir, "scoder train"):
+        run, result = run_train(
+            cfg,
+            data,
+            task=task,  # type: ignore[arg-type]
+            eval_data=eval_data,
+            init_adapter=init_adapter,
+            merge=merge,
+            force=force,
+        )
     _print_stage_summary(run, "train")
     for ckpt in result["checkpoints"]:
         console.print(
@@ -278,16 +309,17 @@ def teacher(
     ] = None,
     force: ForceOpt = False,
 ) -> None:
-    """Build D_p, the superior samples (RUN/teacher/dp.jsonl)."""
-    from scoder.teacher import run_teacher
-
+    """Build D_p, the superior samples (RUN/teacher/kept.jsonl)."""
     extra = [f"teacher.route={route}"] if route else []
     if source:
         extra.append(f"teacher.source={source}")
     cfg = _config(config, set_, out, extra)
-    run, samples = run_teacher(cfg, seeds_file, force=force)
+    with run_lock(cfg.run_dir, "scoder teacher"):
+        run, _ = run_teacher(cfg, seeds_file, force=force)
     _print_stage_summary(run, "teacher")
-    console.print(f"D_p: {run.stage_dir('teacher') / 'dp.jsonl'}", soft_wrap=True, highlight=False)
+    console.print(
+        f"D_p: {run.stage_dir('teacher') / 'kept.jsonl'}", soft_wrap=True, highlight=False
+    )
 
 
 @app.command()
@@ -315,17 +347,16 @@ def decontaminate(
 ) -> None:
     """Drop records that copy a benchmark (substring, word n-grams) and near-duplicates (MinHash)
     into RUN/decontaminate/ (kept.jsonl, dropped.jsonl with reasons, summary.json)."""
-    from scoder.decontaminate import STAGE, decontaminate_file
-
     extra = []
     if benchmarks is not None:
         names = [b.strip() for b in benchmarks.split(",") if b.strip()]
         extra.append("decontaminate.benchmarks=[" + ", ".join(names) + "]")
     cfg = _config(config, set_, out, extra)
-    run, _, _ = decontaminate_file(cfg, input_file, kind, force=force)
-    _print_stage_summary(run, STAGE)
-    for name in ("kept.jsonl", "dropped.jsonl", "summary.json"):
-        console.print(f"  {run.stage_dir(STAGE) / name}", soft_wrap=True, highlight=False)
+    stage = decontaminate_stage.STAGE
+    with run_lock(cfg.run_dir, "scoder decontaminate"):
+        run, _ = decontaminate_stage.decontaminate_file(cfg, input_file, kind, force=force)
+    _print_stage_summary(run, stage)
+    _print_files(run.stage_dir(stage), "kept.jsonl", "dropped.jsonl", "summary.json")
 
 
 @app.command("eval")
@@ -360,9 +391,6 @@ def eval_(
 ) -> None:
     """Evaluate by execution (HumanEval, MBPP+, MBPP): generate or read samples, run each task's
     tests in the sandbox, report pass@k (RUN/eval/<benchmark>/results.json, samples.jsonl)."""
-    from scoder.benchmarks import BENCHMARKS
-    from scoder.evaluate import benchmark_file, run_eval
-
     extra = []
     if model is not None:
         extra.append("model.name=" if model == "embedded" else f"model.name={model}")
@@ -382,14 +410,12 @@ def eval_(
         raise ScoderError("--samples scores one benchmark: name it with --benchmark")
     for name in names:  # a missing file is reported before a model is loaded
         benchmark_file(cfg, name)
-    backend = None
-    if samples is None:
-        from scoder.models import load_backend
-
-        backend = load_backend(cfg.model)
-    runs = [
-        run_eval(cfg, name, samples_path=samples, force=force, backend=backend) for name in names
-    ]
+    with run_lock(cfg.run_dir, "scoder eval"):
+        backend = load_backend(cfg.model) if samples is None else None
+        runs = [
+            run_eval(cfg, name, samples_path=samples, force=force, backend=backend)
+            for name in names
+        ]
     _print_eval_table(runs)
 
 
@@ -434,11 +460,6 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Serve the model (and LoRA adapters) through an OpenAI-compatible HTTP API."""
-    from scoder.config import ModelConfig
-    from scoder.models import resolve_model
-    from scoder.models.hf import TransformersBackend
-    from scoder.serve import serve as run_server
-
     cfg = ModelConfig(name=model, device=device)
     adapters = {}
     for item in adapter or []:
@@ -463,8 +484,12 @@ def run_(
     out: OutOpt = None,
     force: Annotated[
         bool,
+        typer.Option("--force", help="Discard everything an earlier run made there; start afresh."),
+    ] = False,
+    dry_run: Annotated[
+        bool,
         typer.Option(
-            "--force", help="Discard a run directory made with another config and start afresh."
+            "--dry-run", help="Say, step by step, what would be reused or (re-)run and why."
         ),
     ] = False,
     push_to_hub: Annotated[
@@ -473,16 +498,57 @@ def run_(
     ] = None,
 ) -> None:
     """The whole method: D_p -> enhance -> T rounds -> final dataset (-> code model -> eval).
-    Re-running the same command resumes where it stopped."""
+    Re-running the same command resumes where it stopped; after a config change it re-runs only
+    the steps the change reaches (see --dry-run)."""
     cfg = _config(config, set_, out)
+    if dry_run:
+        _print_plan(cfg)
+        return
     _run_loop(cfg, force, push_to_hub)
 
 
-def _run_loop(cfg: Any, force: bool, push_to: str | None = None) -> None:
-    from scoder.loop import push_to_hub, run_loop
+ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "re-run": "magenta"}
 
+
+def _print_decision(decision: Decision) -> None:
+    style = ACTION_STYLE[decision.action]
+    err_console.print(
+        f"[{style}]{decision.action:>7}[/]  {decision.step}  [dim]{decision.why}[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_plan(cfg: Config) -> None:
+    decisions = plan_loop(cfg)
+    table = Table(title=f"scoder run --dry-run: {cfg.run_dir}")
+    for column in ("step", "action", "why"):
+        table.add_column(column, overflow="fold")
+    for d in decisions:
+        table.add_row(d.step, f"[{ACTION_STYLE[d.action]}]{d.action}[/]", d.why)
+    console.print(table)
+    if any(d.action != "reuse" for d in decisions) and cfg.loop.stop_metric != "none":
+        console.print(
+            "steps after a round that runs are listed as if the stopping rule lets the loop go on"
+        )
+
+
+def _run_loop(cfg: Config, force: bool, push_to: str | None = None) -> None:
     console.print(f"[bold]scoder run[/] -> {cfg.run_dir}", highlight=False, soft_wrap=True)
-    result = run_loop(cfg, force=force)
+    result = run_loop(cfg, force=force, report=_print_decision)
+    _print_rounds(result)
+    if result.stopped:
+        console.print(f"stopped early: {result.stopped['reason']}", highlight=False)
+    final = result.final
+    where = Path(cfg.run_dir) / final.dataset if final.dataset else "-"
+    console.print(
+        f"final dataset: {final.samples} samples in {where}", highlight=False, soft_wrap=True
+    )
+    if push_to:
+        console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
+
+
+def _print_rounds(result: LoopResult) -> None:
     table = Table(title="rounds")
     for column in (
         "round",
@@ -494,28 +560,17 @@ def _run_loop(cfg: Any, force: bool, push_to: str | None = None) -> None:
         "distinct 4-grams",
     ):
         table.add_column(column)
-    for s in result["rounds"]:
-        losses = s["heldout_dp_loss"] or {}
+    for s in result.rounds:
         table.add_row(
-            str(s["round"]),
-            str(s["counts"]["synthesize"]["generated"]),
-            str(s["counts"]["score"]["best_per_seed"]),
-            str(s["counts"]["select"]["selected"]),
-            _fmt(s["mean_selected_score"]),
-            ", ".join(f"{k} {_fmt(v)}" for k, v in losses.items()) or "-",
-            _fmt(s["diversity"]["distinct_4grams"]),
+            str(s.round),
+            str(s.generated),
+            str(s.best_per_seed),
+            str(s.selected),
+            _fmt(s.mean_selected_score),
+            ", ".join(f"{k} {_fmt(v)}" for k, v in (s.heldout_dp_loss or {}).items()) or "-",
+            _fmt(s.diversity["distinct_4grams"]),
         )
     console.print(table)
-    if result["stopped"]:
-        console.print(f"stopped early: {result['stopped']['reason']}", highlight=False)
-    final = result["final"]
-    console.print(
-        f"final dataset: {final.get('samples', 0)} samples in {final.get('dataset', '-')}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if push_to:
-        console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
 
 
 def _fmt(value: Any) -> str:
@@ -544,7 +599,12 @@ def demo(
         )
 
 
-def _print_stage_summary(run: Any, stage: str) -> None:
+def _print_files(directory: Path, *names: str) -> None:
+    for name in names:
+        console.print(f"  {directory / name}", soft_wrap=True, highlight=False)
+
+
+def _print_stage_summary(run: RunDir, stage: str) -> None:
     entry = run.load_manifest().get("stages", {}).get(stage, {})
     table = Table(title=f"{stage} ({entry.get('duration_s', 0):.1f} s)", show_header=False)
     for key, value in entry.get("counts", {}).items():

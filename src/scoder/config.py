@@ -8,16 +8,19 @@ same checks.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scoder.benchmarks import BenchmarkName
 from scoder.errors import ScoderError
+from scoder.templates import EVAL_TEMPLATES, JUDGE_TEMPLATES, SYNTHESIS_TEMPLATES
+
+# The evaluation benchmarks scoder knows (scoder.eval.benchmarks loads them).
+BenchmarkName = Literal["humaneval", "mbppplus", "mbpp"]
+# How a round's top-k is chosen (scoder.select.STRATEGIES).
+SelectionName = Literal["influence", "judge", "random"]
 
 
 class ConfigError(ScoderError):
@@ -127,17 +130,10 @@ class SynthesisConfig(_Section):
     chunk_size: int = Field(
         default=32, ge=1, description="Seeds per saved chunk; a re-run resumes after the last one."
     )
-    checkpoints: list[Path] = Field(
-        default_factory=list,
-        description="LoRA checkpoints (adapter dirs) of the synthesizer: n samples per seed from "
-        "each, switched on one loaded base model (multi-checkpoint sampling).",
-    )
 
     @field_validator("template")
     @classmethod
     def _check_template(cls, value: str) -> str:
-        from scoder.templates import SYNTHESIS_TEMPLATES
-
         return _known_template(value, SYNTHESIS_TEMPLATES)
 
 
@@ -198,8 +194,6 @@ class ScoreConfig(_Section):
     @field_validator("template")
     @classmethod
     def _check_template(cls, value: str) -> str:
-        from scoder.templates import JUDGE_TEMPLATES
-
         return _known_template(value, JUDGE_TEMPLATES)
 
     @field_validator("aspects")
@@ -254,10 +248,6 @@ class TeacherConfig(_Section):
 class TrainConfig(_Section):
     """Supervised fine-tuning (TRL SFTTrainer) of the synthesizer or the code model."""
 
-    task: Literal["synthesizer", "code"] = "synthesizer"
-    data: Path | None = Field(
-        default=None, description="JSONL rows (seed_text,) problem, solution(, tests)."
-    )
     limit: int | None = Field(default=None, ge=1)
     epochs: int = Field(default=2, ge=1)
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -286,32 +276,11 @@ class TrainConfig(_Section):
         description="Pack examples into max_length rows (TRL best-fit, padding-free): fewer "
         "padding tokens; sequences never attend across examples.",
     )
-    eval_data: Path | None = Field(
-        default=None,
-        description="JSONL rows whose completion loss is measured before training and after "
-        "every epoch (e.g. held-out D_p).",
-    )
-    init_adapter: Path | None = Field(
-        default=None,
-        description="Continue training this LoRA adapter (e.g. the previous round's) instead "
-        "of a fresh one.",
-    )
-    merge: bool = Field(
-        default=False,
-        description="Also write the final model with the adapter merged (RUN/train/model/), "
-        "loadable by any tool without peft.",
-    )
 
 
 class SelectConfig(_Section):
     """Gradient-based influence against D_p, and the top-k selection (with baselines)."""
 
-    dp: Path | None = Field(
-        default=None, description="D_p: JSONL of seed_text/problem/solution(/tests) rows."
-    )
-    checkpoints: list[Path] = Field(
-        default_factory=list, description="Synthesizer checkpoints (scoder checkpoint dirs)."
-    )
     k: int | None = Field(default=None, ge=1, description="Keep this many (else `fraction`).")
     fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     projection_dim: int = Field(default=8192, ge=16)
@@ -415,8 +384,6 @@ class EvalConfig(_Section):
     @field_validator("chat_template", "completion_template")
     @classmethod
     def _check_template(cls, value: str, info: Any) -> str:
-        from scoder.evaluate import EVAL_TEMPLATES
-
         _known_template(value, EVAL_TEMPLATES)
         want = "chat" if info.field_name == "chat_template" else "completion"
         if EVAL_TEMPLATES[value].kind != want:
@@ -463,7 +430,7 @@ class LoopConfig(_Section):
         default=True,
         description="false = no verification or judge: a random candidate per seed (ablation).",
     )
-    selection: Literal["influence", "judge", "random"] = Field(
+    selection: SelectionName = Field(
         default="influence",
         description="How the round's top-k is chosen: influence on D_p (the method), judge "
         "score (judge-top@k, ablation 'no influence') or random@k.",
@@ -529,12 +496,6 @@ class Config(_Section):
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
 
-def fingerprint(data: Any) -> str:
-    """A stable short hash of JSON-able data (config sections, file digests)."""
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
@@ -584,12 +545,28 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = value
 
 
+# Inputs a step hands to the next are arguments of the stage, not settings: keys that were once
+# config keys say where they went.
+MOVED_KEYS = {
+    "synthesis.checkpoints": "pass them to `scoder synthesize --checkpoints a,b`",
+    "select.dp": "pass the D_p file to `scoder select --dp FILE`",
+    "select.checkpoints": "pass them to `scoder select --checkpoint DIR` (repeatable)",
+    "train.data": "pass the rows to `scoder train --data FILE`",
+    "train.task": "pass it to `scoder train --task synthesizer|code`",
+    "train.eval_data": "pass the file to `scoder train --eval-data FILE`",
+    "train.init_adapter": "pass the adapter to `scoder train --init-adapter DIR`",
+    "train.merge": "pass `scoder train --merge`",
+}
+
+
 def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         dotted = ".".join(loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and dotted in MOVED_KEYS:
+            msg = f"no longer a config key: {MOVED_KEYS[dotted]}"
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(root, loc[:-1])
             hint = difflib.get_close_matches(loc[-1], allowed, n=1)
             msg = f"unknown key; allowed here: {', '.join(allowed)}"

@@ -29,16 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from datasketch import MinHash, MinHashLSH
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from scoder.benchmarks import BenchmarkTask, humaneval_path, load_benchmark
-from scoder.config import Config, DecontaminateConfig, fingerprint
+from scoder.config import Config, DecontaminateConfig
 from scoder.errors import ScoderError
-from scoder.records import Candidate, DpSample, Drop, Seed
-from scoder.store import RunDir, file_digest, write_json, write_jsonl
+from scoder.eval.benchmarks import BenchmarkTask, humaneval_path, load_benchmark
+from scoder.filters import DropReasons, Partition
+from scoder.records import Candidate, DpSample, Seed
+from scoder.store import RunDir, file_digest, fingerprint, write_json
 
 STAGE = "decontaminate"
+VERSION = "decontaminate/1"  # bump when the same settings would drop other records
+DecontaminationDrop = Literal["benchmark_substring", "benchmark_ngram", "near_duplicate"]
+REASONS = DropReasons(STAGE, DecontaminationDrop)
 Kind = Literal["seed", "dp", "candidate"]
 Record = Seed | DpSample | Candidate
 RECORD_TYPES: dict[str, type[BaseModel]] = {"seed": Seed, "dp": DpSample, "candidate": Candidate}
@@ -62,21 +65,6 @@ _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script; `_` splits i
 
 class DecontaminateError(ScoderError):
     pass
-
-
-class Rejected(BaseModel):
-    """A record this stage did not keep (D_p samples have no `drop` field, so it is kept here)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Kind
-    id: str
-    drop: Drop
-    benchmark: str | None = None
-    task_id: str | None = None
-    duplicate_of: str | None = None  # id of the kept record this one nearly duplicates
-    similarity: float | None = None  # estimated Jaccard of the shingles, for near-duplicates
-    record: Seed | DpSample | Candidate
 
 
 def words(text: str) -> list[str]:
@@ -110,10 +98,15 @@ class BenchmarkText:
 
 @dataclass(frozen=True)
 class Match:
-    reason: str  # benchmark_substring / benchmark_ngram
+    reason: DecontaminationDrop  # benchmark_substring / benchmark_ngram
     benchmark: str
     task_id: str
     detail: str
+
+    @property
+    def task(self) -> str:
+        """benchmark:task_id, e.g. humaneval:HumanEval/12 (MBPP and MBPP+ share task ids)."""
+        return f"{self.benchmark}:{self.task_id}"
 
 
 class BenchmarkIndex:
@@ -290,6 +283,8 @@ def near_duplicates(
     Texts are compared as sets of word shingles with MinHash LSH; the first of a group (in input
     order) is kept. A text without words is never a duplicate.
     """
+    from datasketch import MinHash, MinHashLSH
+
     shingle_sets = [_shingles(text, shingle) for text in texts]
     hashes = MinHash.bulk(shingle_sets, num_perm=num_perm, seed=MINHASH_SEED)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -309,26 +304,38 @@ def near_duplicates(
     return found
 
 
+@dataclass
+class Decontaminated:
+    """What one decontamination kept and dropped, and which benchmark task each drop copies."""
+
+    records: Partition[Record]
+    matches: list[Match]  # of the records dropped for a benchmark overlap
+
+    def summary_counts(self) -> dict[str, Any]:
+        return {
+            "dropped_by_benchmark": dict(Counter(m.benchmark for m in self.matches)),
+            "dropped_by_task": dict(
+                Counter(f"{m.benchmark} {m.task_id}" for m in self.matches).most_common()
+            ),
+        }
+
+
 def decontaminate(
     records: Sequence[Record],
     kind: Kind,
     index: BenchmarkIndex | None,
     cfg: DecontaminateConfig,
-) -> tuple[list[Record], list[Rejected]]:
+) -> Decontaminated:
     """Keep the records that overlap no benchmark and duplicate no earlier record."""
-    rejected: dict[int, Rejected] = {}
+    dropped: dict[int, Record] = {}
+    matches: list[Match] = []
     for position, record in enumerate(records):
         found = index.match(record_texts(record, CHECKED_FIELDS[kind])) if index else None
         if found:
-            rejected[position] = _reject(
-                record,
-                kind,
-                Drop(stage=STAGE, reason=found.reason, detail=found.detail),
-                benchmark=found.benchmark,
-                task_id=found.task_id,
-            )
+            dropped[position] = REASONS.drop(record, found.reason, found.detail, found.task)
+            matches.append(found)
     # Contaminated records are gone before deduplication, so a group is never represented by one.
-    clean = [i for i in range(len(records)) if i not in rejected]
+    clean = [i for i in range(len(records)) if i not in dropped]
     if cfg.near_duplicates:
         dedup_texts = [
             "\n".join(record_texts(records[i], DEDUP_FIELDS[kind]).values()) for i in clean
@@ -341,26 +348,10 @@ def decontaminate(
         )
         for at, (first, similarity) in dups.items():
             record, original = records[clean[at]], records[clean[first]]
-            rejected[clean[at]] = _reject(
-                record,
-                kind,
-                Drop(
-                    stage=STAGE,
-                    reason="near_duplicate",
-                    detail=f"near-duplicate of {original.id} (estimated Jaccard {similarity:.2f})",
-                ),
-                duplicate_of=original.id,
-                similarity=similarity,
-            )
-    dropped = [rejected[i] for i in sorted(rejected)]
-    kept = [record for i, record in enumerate(records) if i not in rejected]
-    return kept, dropped
-
-
-def _reject(record: Record, kind: Kind, drop: Drop, **found: Any) -> Rejected:
-    if "drop" in type(record).model_fields:  # seeds and candidates carry their own drop
-        record = record.model_copy(update={"drop": drop})
-    return Rejected(kind=kind, id=record.id, drop=drop, record=record, **found)
+            detail = f"near-duplicate of {original.id} (estimated Jaccard {similarity:.2f})"
+            dropped[clean[at]] = REASONS.drop(record, "near_duplicate", detail, original.id)
+    kept = [record for i, record in enumerate(records) if i not in dropped]
+    return Decontaminated(Partition(kept, [dropped[i] for i in sorted(dropped)]), matches)
 
 
 def benchmark_files(config: Config) -> dict[str, Path | None]:
@@ -413,10 +404,10 @@ def run_decontaminate(
     force: bool = False,
     input_digest: str | None = None,
     skipped: int = 0,
-) -> tuple[list[Record], list[Rejected]]:
+) -> Partition[Record]:
     """Decontaminate records into RUN/<stage>/ (kept.jsonl, dropped.jsonl, summary.json).
 
-    The loop calls this once per record set, e.g. with stage="rounds/1/decontaminate-seeds";
+    The loop calls this once per record set, e.g. with stage="decontaminate/seeds";
     `kind` defaults to the type of the records.
     """
     if kind is None:
@@ -442,19 +433,16 @@ def run_decontaminate(
     }
     with run.stage(stage, config=config, fingerprint=fingerprint(identity), force=force) as record:
         started = time.perf_counter()
-        kept, dropped = decontaminate(records, kind, index, cfg)
+        result = decontaminate(records, kind, index, cfg)
         check_s = time.perf_counter() - started
+        out = run.stage_dir(stage)
+        counts = result.records.write(out)
         summary = {
             "kind": kind,
             "input": len(records) + skipped,
             "skipped_dropped_upstream": skipped,
-            "kept": len(kept),
-            "dropped": len(dropped),
-            "dropped_by_reason": dict(Counter(r.drop.reason for r in dropped)),
-            "dropped_by_benchmark": dict(Counter(r.benchmark for r in dropped if r.benchmark)),
-            "dropped_by_task": dict(
-                Counter(f"{r.benchmark} {r.task_id}" for r in dropped if r.benchmark).most_common()
-            ),
+            **counts,
+            **result.summary_counts(),
             "benchmarks": benchmarks,
             "index": index.size if index else None,
             "settings": cfg.model_dump(mode="json"),
@@ -464,9 +452,6 @@ def run_decontaminate(
                 "records_per_s": round(len(records) / check_s, 1) if check_s > 0 else None,
             },
         }
-        out = run.stage_dir(stage)
-        write_jsonl(out / "kept.jsonl", kept)
-        write_jsonl(out / "dropped.jsonl", dropped)
         write_json(out / "summary.json", summary)
         record.counts = {
             key: summary[key]
@@ -482,7 +467,7 @@ def run_decontaminate(
         if skipped:
             record.counts["skipped_dropped_upstream"] = skipped
         record.info["benchmarks"] = benchmarks
-    return kept, dropped
+    return result.records
 
 
 def load_records(path: Path, kind: str | None = None) -> tuple[Kind, list[Record], int]:
@@ -521,8 +506,8 @@ def load_records(path: Path, kind: str | None = None) -> tuple[Kind, list[Record
             raise DecontaminateError(
                 f"{path}:{number}: not a valid {kind} record ({where}: {err['msg']})"
             ) from None
-    upstream = [r for r in records if getattr(r, "drop", None) is not None]
-    return kind, [r for r in records if getattr(r, "drop", None) is None], len(upstream)  # type: ignore[return-value]
+    upstream = [r for r in records if r.drop is not None]
+    return kind, [r for r in records if r.drop is None], len(upstream)  # type: ignore[return-value]
 
 
 def _detect_kind(path: Path, number: int, row: dict) -> Kind:
@@ -546,15 +531,20 @@ def _detect_kind(path: Path, number: int, row: dict) -> Kind:
 
 
 def decontaminate_file(
-    config: Config, path: Path | None, kind: str | None = None, *, force: bool = False
-) -> tuple[RunDir, list[Record], list[Rejected]]:
+    config: Config,
+    path: Path | None,
+    kind: str | None = None,
+    *,
+    run: RunDir | None = None,
+    force: bool = False,
+) -> tuple[RunDir, Partition[Record]]:
     """`scoder decontaminate`: a JSONL file of seeds, D_p samples or candidates -> RUN/decontaminate/."""
     if path is None:
         raise DecontaminateError("pass --input FILE: a JSONL of seeds, D_p samples or candidates")
     path = Path(path)
     kind, records, skipped = load_records(path, kind)
-    run = RunDir(config.run_dir)
-    kept, dropped = run_decontaminate(
+    run = run or RunDir(config.run_dir)
+    result = run_decontaminate(
         config, run, records, kind, force=force, input_digest=file_digest(path), skipped=skipped
     )
-    return run, kept, dropped
+    return run, result

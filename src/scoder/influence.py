@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from scoder.errors import ScoderError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `scoder --help` should not wait for it
+    import torch
+    from torch import nn
 
 
 class InfluenceError(ScoderError):
@@ -73,6 +75,8 @@ def adam_precondition(grad: torch.Tensor, state: AdamState) -> torch.Tensor:
 
 def lora_modules(model: nn.Module) -> dict[str, nn.Linear]:
     """The trainable linears (peft's lora_A / lora_B), by the name of their weight parameter."""
+    from torch import nn
+
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.weight.requires_grad:
@@ -86,6 +90,8 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Linear]:
 
 def _fwht(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal fast Walsh-Hadamard transform along the last dimension (a power of 2)."""
+    import torch
+
     batch, n = x.shape
     h = 1
     while h < n:
@@ -105,6 +111,8 @@ class Projector:
     """
 
     def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, seed: int):
+        import torch
+
         self.seed = seed
         self.names = list(shapes)
         self.total = sum(r * c for r, c in shapes.values())
@@ -121,6 +129,8 @@ class Projector:
 
     def project(self, flat: torch.Tensor) -> torch.Tensor:
         """(batch, parameters) -> (batch, dim)."""
+        import torch
+
         if self.identity:
             return flat
         padded = torch.zeros(flat.shape[0], self.n, dtype=flat.dtype, device=flat.device)
@@ -180,6 +190,9 @@ class GradientFeaturizer:
         self, batch: Sequence[Example]
     ) -> tuple[dict[str, torch.Tensor], list[bool], torch.Tensor]:
         """{parameter name: (batch, rows, cols)}, truncated flags, response-token counts."""
+        import torch
+        from torch import nn
+
         rows, truncated, masks = [], [], []
         for ex in batch:
             ids = list(ex.prompt_ids) + list(ex.response_ids)
@@ -238,6 +251,8 @@ class GradientFeaturizer:
         self, batch: Sequence[Example], *, precondition: bool = False, normalize: bool = True
     ) -> Features:
         """Projected, L2-normalised gradients; Adam-preconditioned when `precondition`."""
+        import torch
+
         if precondition and self.optimizer_state is None:
             raise InfluenceError("Adam preconditioning needs the optimizer state of the checkpoint")
         per_sample, truncated, tokens = self.per_sample_gradients(batch)
@@ -341,6 +356,8 @@ def gradient_features(
     at a time, since padded attention falls off the fast causal path there and costs more than
     batching saves: see BENCHMARKS.md). Rows of samples with no response token are NaN.
     """
+    import torch
+
     examples = tokenize_records(tokenizer, records)
     if batch_tokens is None:
         on_cuda = next(model.parameters()).device.type == "cuda"

@@ -12,17 +12,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from scoder.errors import ScoderError
+from scoder.store import read_jsonl
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class Drop(_Record):
-    """Why a stage did not keep an item."""
+    """Why a stage did not keep an item. Each stage declares its reasons (scoder.filters)."""
 
     stage: str
     reason: str
     detail: str = ""
+    # what the drop points at: the benchmark task a record copies ("humaneval:HumanEval/12"),
+    # the kept record it duplicates, the better candidate of its seed
+    related: str | None = None
 
 
 class SeedSource(_Record):
@@ -84,6 +90,7 @@ class DpSample(_Record):
     row: int | None = None
     model: str | None = None  # the teacher model, for generated samples
     license: str | None = None
+    drop: Drop | None = None
 
 
 class Candidate(_Record):
@@ -118,9 +125,6 @@ class Candidate(_Record):
 
 def load_candidates(path: Path, made_by: str) -> list[Candidate]:
     """The kept candidates of a stage's output file, or one clear error."""
-    from scoder.errors import ScoderError
-    from scoder.store import read_jsonl
-
     if not path.is_file():
         raise ScoderError(
             f"no candidates at {path}: run `scoder {made_by}` first or pass --candidates FILE"

@@ -16,23 +16,44 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from scoder.config import Config, ScoreConfig, fingerprint
+from scoder.config import Config, ScoreConfig
 from scoder.errors import ScoderError
-from scoder.models.base import GenerationBackend, SamplingParams
-from scoder.records import Candidate, Drop, Execution, Judgement, load_candidates
-from scoder.store import RunDir, file_digest, read_jsonl, resumable_chunks, write_json, write_jsonl
+from scoder.filters import DropReasons, Partition
+from scoder.models import GenerationBackend, load_backend
+from scoder.models.base import SamplingParams
+from scoder.records import Candidate, Execution, Judgement, load_candidates
+from scoder.sandbox import available_isolation, run_many
+from scoder.store import (
+    RunDir,
+    file_digest,
+    fingerprint,
+    read_jsonl,
+    resumable_chunks,
+    write_json,
+    write_jsonl,
+)
 from scoder.templates import JUDGE_TEMPLATES
 
 STAGE = "score"
+VERSION = "score/1"  # bump when the same settings would score or keep other candidates
+ScoreDrop = Literal[
+    "unscored",  # the judge gave no usable scores, after its retry
+    "execution_failed",  # score.require_pass and the solution did not pass its own tests
+    "below_min_score",
+    "not_best_for_seed",
+    "not_picked",  # the no-scorer ablation kept another candidate of the seed, at random
+]
+REASONS = DropReasons(STAGE, ScoreDrop)
 EXECUTION_FEATURE = "execution"  # pass rate scaled to 0-9, usable as an extra weighted feature
 
 
@@ -79,8 +100,6 @@ def _defined_names(code: str) -> set[str]:
 
 
 def verify(candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[Execution]:
-    from scoder.sandbox import run_many
-
     results = run_many(
         [(c.solution or "", c.tests or "") for c in candidates],
         timeout_s=cfg.sandbox.timeout_s,
@@ -347,9 +366,7 @@ def _label_rows(scored: Sequence[Candidate], labels: str | Path) -> list[dict]:
 # ----------------------------------------------------------------------------- selection
 
 
-def select_best(
-    candidates: Sequence[Candidate], weights: dict[str, float], cfg: ScoreConfig
-) -> tuple[list[Candidate], list[Candidate]]:
+def select_best(candidates: Sequence[Candidate], cfg: ScoreConfig) -> Partition[Candidate]:
     """The best candidate per seed; every other one with its reason."""
     by_seed: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates:
@@ -357,10 +374,8 @@ def select_best(
     selected: list[Candidate] = []
     rejected: list[Candidate] = []
 
-    def reject(c: Candidate, reason: str, detail: str = "") -> None:
-        rejected.append(
-            c.model_copy(update={"drop": Drop(stage=STAGE, reason=reason, detail=detail)})
-        )
+    def reject(c: Candidate, reason: str, detail: str = "", related: str | None = None) -> None:
+        rejected.append(REASONS.drop(c, reason, detail, related))
 
     for seed_id in sorted(by_seed):
         eligible = []
@@ -385,10 +400,28 @@ def select_best(
             best = eligible[0]
             selected.append(best)
             for c in eligible[1:]:
-                reject(
-                    c, "not_best_for_seed", f"{best.id} scored {best.score:.3f} >= {c.score:.3f}"
-                )
-    return selected, rejected
+                detail = f"{best.id} scored {best.score:.3f} >= {c.score:.3f}"
+                reject(c, "not_best_for_seed", detail, related=best.id)
+    return Partition(selected, rejected)
+
+
+def pick_random_per_seed(candidates: Sequence[Candidate], seed: int) -> Partition[Candidate]:
+    """The 'no scorer' ablation: one candidate per seed, chosen at random (reproducibly)."""
+    by_seed: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_seed.setdefault(c.seed_id, []).append(c)
+    rng = random.Random(seed)
+    out: Partition[Candidate] = Partition()
+    for _, group in sorted(by_seed.items()):
+        group = sorted(group, key=lambda c: c.id)
+        chosen = rng.choice(group)
+        out.kept.append(chosen)
+        out.dropped += [
+            REASONS.drop(c, "not_picked", f"{chosen.id} was picked", chosen.id)
+            for c in group
+            if c is not chosen
+        ]
+    return out
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -454,17 +487,16 @@ def run_score(
     config: Config,
     candidates_path: Path | None = None,
     *,
+    run: RunDir | None = None,
     fit_labels: str | None = None,
-    force: bool = False,
     backend: GenerationBackend | None = None,
+    force: bool = False,
 ) -> tuple[RunDir, ScoreResult]:
-    """`scoder score`: synthesize's candidates -> scored, selected (best per seed), rejected."""
-    from scoder.models import load_backend, log_requests
-    from scoder.sandbox import available_isolation
-
+    """`scoder score`: candidates -> RUN/score/scored.jsonl (every candidate, executed and
+    judged), kept.jsonl (the best per seed) and dropped.jsonl (the others, with reasons)."""
     cfg = config.score
-    run = RunDir(config.run_dir)
-    candidates_path = candidates_path or run.stage_dir("synthesize") / "candidates.jsonl"
+    run = run or RunDir(config.run_dir)
+    candidates_path = candidates_path or run.stage_dir("synthesize") / "kept.jsonl"
     candidates = load_candidates(candidates_path, "synthesize")
     isolation = available_isolation() if cfg.sandbox.isolation == "auto" else cfg.sandbox.isolation
     template = JUDGE_TEMPLATES[cfg.template]
@@ -509,7 +541,7 @@ def run_score(
             timings["execution_s"] += time.perf_counter() - started
             started = time.perf_counter()
             b = get_backend()
-            log_requests(b, out)
+            b.use_request_log(out / "requests.jsonl")
             judge_model.update(b.describe())
             judgements = judge(chunk, b, cfg, seed=config.random_seed * 100_003 + number)
             timings["judge_s"] += time.perf_counter() - started
@@ -529,7 +561,8 @@ def run_score(
         weights_info = _weights(config, scored, fit_labels)
         weights = weights_info["weights"]
         scored = [c.model_copy(update={"score": combined_score(c, weights)}) for c in scored]
-        selected, rejected = select_best(scored, weights, cfg)
+        best = select_best(scored, cfg)
+        selected, rejected = best.kept, best.dropped
         names = [a.name for a in cfg.aspects]
         summary = {
             "weights": weights_info,
@@ -556,8 +589,7 @@ def run_score(
             },
         }
         write_jsonl(out / "scored.jsonl", scored)
-        write_jsonl(out / "selected.jsonl", selected)
-        write_jsonl(out / "rejected.jsonl", rejected)
+        best.write(out)
         write_json(out / "weights.json", weights_info)
         write_json(out / "summary.json", summary)
         record.counts = {
@@ -582,6 +614,28 @@ def run_score(
             }
         )
     return run, ScoreResult(scored, selected, rejected, weights_info, summary)
+
+
+def run_pick_random(
+    config: Config,
+    candidates_path: Path,
+    *,
+    seed: int,
+    run: RunDir | None = None,
+    force: bool = False,
+) -> tuple[RunDir, Partition[Candidate]]:
+    """The score stage of the 'no scorer' ablation: a random candidate per seed, nothing run or
+    judged (RUN/score/kept.jsonl, dropped.jsonl)."""
+    run = run or RunDir(config.run_dir)
+    candidates = load_candidates(candidates_path, "synthesize")
+    stage_fp = fingerprint(
+        {"pick": "random", "seed": seed, "candidates": file_digest(candidates_path)}
+    )
+    with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
+        picked = pick_random_per_seed(candidates, seed)
+        record.counts = picked.write(run.stage_dir(STAGE))
+        record.info["scorer"] = "none: a random candidate per seed (ablation)"
+    return run, picked
 
 
 def _per_checkpoint(

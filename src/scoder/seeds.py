@@ -17,18 +17,31 @@ import platform
 import subprocess
 import sysconfig
 import warnings
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from scoder.config import Config, SeedsConfig, fingerprint
+from scoder.config import Config, SeedsConfig
 from scoder.errors import ScoderError
-from scoder.records import Drop, Seed, SeedSource
-from scoder.store import RunDir, write_jsonl
+from scoder.filters import DropReasons, Partition
+from scoder.records import Seed, SeedSource
+from scoder.store import RunDir, fingerprint
 
 STAGE = "seeds"
+VERSION = "seeds/1"  # bump when the same config would mine other seeds
+SeedDrop = Literal[
+    "duplicate",
+    "empty",
+    "too_large",
+    "binary",
+    "not_utf8",
+    "syntax_error",
+    "no_definitions",
+    "too_short",
+    "too_long",
+]
+REASONS = DropReasons(STAGE, SeedDrop)
 # Parts of the standard library that are tests, demos or vendored code rather than library code.
 STDLIB_SKIP = {
     "site-packages",
@@ -59,24 +72,27 @@ class _Unit:
     size: int
 
 
-def mine_seeds(cfg: SeedsConfig, random_seed: int = 0) -> tuple[list[Seed], list[Seed]]:
-    """Return (kept seeds, dropped seeds with a reason)."""
-    kept: list[Seed] = []
-    dropped: list[Seed] = []
-    seen: set[str] = set()
-    for unit in _units(cfg, random_seed):
+def mine_seeds(
+    cfg: SeedsConfig, random_seed: int = 0, *, max_seeds: int | None = None
+) -> Partition[Seed]:
+    """The seeds kept and the ones dropped (with reasons); at most `max_seeds` kept (default:
+    cfg.max_seeds). With a limit, more seeds of the same config start with the same ones."""
+    limit = max_seeds if max_seeds is not None else cfg.max_seeds
+    out: Partition[Seed] = Partition()
+    seen: dict[str, str] = {}
+    for unit in _units(cfg, random_seed, ordered=limit is not None):
         for seed in _seeds_of_unit(unit, cfg):
             if seed.drop is None:
                 key = _normalized_digest(seed.text)
                 if key in seen:
-                    seed.drop = Drop(
-                        stage=STAGE, reason="duplicate", detail="same code as an earlier seed"
+                    seed = REASONS.drop(
+                        seed, "duplicate", "same code as an earlier seed", related=seen[key]
                     )
-                seen.add(key)
-            (kept if seed.drop is None else dropped).append(seed)
-            if cfg.max_seeds is not None and len(kept) >= cfg.max_seeds:
-                return kept, dropped
-    return kept, dropped
+                seen.setdefault(key, seed.id)
+            (out.kept if seed.drop is None else out.dropped).append(seed)
+            if limit is not None and len(out.kept) >= limit:
+                return out
+    return out
 
 
 def source_kind(source: str) -> str:
@@ -97,23 +113,24 @@ def source_kind(source: str) -> str:
     )
 
 
-def _units(cfg: SeedsConfig, random_seed: int) -> Iterator[_Unit]:
+def _units(cfg: SeedsConfig, random_seed: int, *, ordered: bool) -> Iterator[_Unit]:
+    """Files or rows to mine; `ordered`: in an order fixed by the random seed (a limited mine
+    then takes a reproducible sample of the source)."""
     kind = source_kind(cfg.source)
     if kind == "stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
         files = [
             p for p in root.rglob("*.py") if not STDLIB_SKIP & set(p.relative_to(root).parts[:-1])
         ]
-        yield from _file_units(root, files, "stdlib", cfg, random_seed)
+        yield from _file_units(root, files, "stdlib", cfg, random_seed, ordered)
     elif kind == "dir":
         root = Path(cfg.source).expanduser().resolve()
-        yield from _file_units(root, _dir_files(root, cfg), "dir", cfg, random_seed)
+        yield from _file_units(root, _dir_files(root, cfg), "dir", cfg, random_seed, ordered)
     elif kind == "file":
-        yield from _row_units(
-            _read_table(Path(cfg.source).expanduser(), cfg), cfg.source, "file", cfg, random_seed
-        )
+        table = _read_table(Path(cfg.source).expanduser(), cfg)
+        yield from _row_units(table, cfg.source, "file", cfg, random_seed, ordered)
     else:
-        yield from _row_units(_hf_rows(cfg), cfg.source[3:], "hf", cfg, random_seed)
+        yield from _row_units(_hf_rows(cfg), cfg.source[3:], "hf", cfg, random_seed, ordered)
 
 
 def _shuffle_key(random_seed: int, name: str) -> str:
@@ -146,10 +163,10 @@ def _dir_files(root: Path, cfg: SeedsConfig) -> list[Path]:
 
 
 def _file_units(
-    root: Path, files: list[Path], kind: str, cfg: SeedsConfig, random_seed: int
+    root: Path, files: list[Path], kind: str, cfg: SeedsConfig, random_seed: int, ordered: bool
 ) -> Iterator[_Unit]:
     rels = sorted(str(f.relative_to(root)) for f in files)
-    if cfg.max_seeds is not None:
+    if ordered:
         rels.sort(key=lambda rel: _shuffle_key(random_seed, rel))
     for rel in rels:
         path = root / rel
@@ -196,9 +213,14 @@ def _hf_rows(cfg: SeedsConfig) -> Iterator[Any]:
 
 
 def _row_units(
-    rows: Iterator[Any], location: str, kind: str, cfg: SeedsConfig, random_seed: int
+    rows: Iterator[Any],
+    location: str,
+    kind: str,
+    cfg: SeedsConfig,
+    random_seed: int,
+    ordered: bool,
 ) -> Iterator[_Unit]:
-    if cfg.max_seeds is not None and kind == "file":
+    if ordered and kind == "file":
         rows_list = list(rows)
         order = sorted(range(len(rows_list)), key=lambda i: _shuffle_key(random_seed, str(i)))
         indexed: Iterator[tuple[int, Any]] = ((i, rows_list[i]) for i in order)
@@ -218,12 +240,8 @@ def _row_units(
 def _seeds_of_unit(unit: _Unit, cfg: SeedsConfig) -> Iterator[Seed]:
     def drop(reason: str, detail: str = "", text: str = "", **span: Any) -> Seed:
         source = unit.source.model_copy(update=span)
-        return Seed(
-            id=_seed_id(source, text),
-            text=text,
-            source=source,
-            drop=Drop(stage=STAGE, reason=reason, detail=detail),
-        )
+        seed = Seed(id=_seed_id(source, text), text=text, source=source)
+        return REASONS.drop(seed, reason, detail)
 
     if unit.data is None:
         if unit.size == 0:
@@ -302,28 +320,31 @@ def _normalized_digest(code: str) -> str:
     return hashlib.sha256(normal.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def run_seeds(config: Config, *, force: bool = False) -> tuple[RunDir, list[Seed], list[Seed]]:
-    """`scoder seeds`: mine seeds into RUN/seeds/seeds.jsonl and RUN/seeds/rejected.jsonl."""
+def run_seeds(
+    config: Config,
+    *,
+    run: RunDir | None = None,
+    max_seeds: int | None = None,
+    force: bool = False,
+) -> tuple[RunDir, Partition[Seed]]:
+    """`scoder seeds`: mine seeds into RUN/seeds/ (kept.jsonl, dropped.jsonl with reasons).
+
+    `max_seeds` overrides seeds.max_seeds (the loop mines what its rounds need)."""
     cfg = config.seeds
-    run = RunDir(config.run_dir)
+    run = run or RunDir(config.run_dir)
     kind = source_kind(cfg.source)
+    limit = max_seeds if max_seeds is not None else cfg.max_seeds
     identity: dict[str, Any] = {
-        "seeds": cfg.model_dump(mode="json"),
+        "seeds": {**cfg.model_dump(mode="json"), "max_seeds": limit},
         "random_seed": config.random_seed,
+        "version": VERSION,
     }
     if kind == "stdlib":
         identity["python"] = platform.python_version()  # the stdlib differs between versions
     with run.stage(STAGE, config=config, fingerprint=fingerprint(identity), force=force) as record:
-        kept, dropped = mine_seeds(cfg, config.random_seed)
-        out = run.stage_dir(STAGE)
-        write_jsonl(out / "seeds.jsonl", kept)
-        write_jsonl(out / "rejected.jsonl", dropped)
-        record.counts = {
-            "kept": len(kept),
-            "dropped": len(dropped),
-            "dropped_by_reason": dict(Counter(s.drop.reason for s in dropped if s.drop)),
-        }
+        mined = mine_seeds(cfg, config.random_seed, max_seeds=limit)
+        record.counts = mined.write(run.stage_dir(STAGE))
         record.info["source"] = {"kind": kind, "source": cfg.source}
         if kind == "stdlib":
             record.info["source"]["python"] = platform.python_version()
-    return run, kept, dropped
+    return run, mined

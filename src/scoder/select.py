@@ -1,11 +1,16 @@
-"""`scoder select`: keep the candidates whose training gradient points where D_p's does.
+"""`scoder select`: keep k candidates by a selection strategy; the method's is gradient influence.
 
-For each synthesizer checkpoint k: candidates' LoRA gradients, Adam-preconditioned with that
-checkpoint's optimizer state, and D_p's plain gradients, both projected and normalised
-(scoder.influence). Influence(z) = sum_k lr_k * mean_{z' in D_p} cos(...). The top-k candidates are
-kept; beside them the same run writes the budget-matched baselines random@k and judge-top@k, so
-every selection can be compared. Features are stored per checkpoint as numpy arrays keyed by a
-hash of each sample's text, and reused when neither the text nor the checkpoint changed.
+Selection strategies are functions of one shape, chosen by name (`loop.selection`): the
+candidates, k and a random seed in, the candidates in the order the strategy ranks them out (the
+first k are kept). `influence` ranks by the candidates' influence on D_p, `judge` by their
+weighted judge score, `random` draws k at random. Beside the kept set the stage writes the
+budget-matched baselines random@k and judge-top@k, so every selection can be compared.
+
+Influence, for each synthesizer checkpoint k: candidates' LoRA gradients, Adam-preconditioned with
+that checkpoint's optimizer state, and D_p's plain gradients, both projected and normalised
+(scoder.influence). Influence(z) = sum_k lr_k * mean_{z' in D_p} cos(...). Features are stored
+per checkpoint as numpy arrays keyed by a hash of each sample's text, and reused when neither the
+text nor the checkpoint changed.
 """
 
 from __future__ import annotations
@@ -13,33 +18,93 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from scoder.config import Config, fingerprint
+from scoder.checkpoints import check_checkpoint, read_checkpoint
+from scoder.config import Config, SelectionName
 from scoder.errors import ScoderError
-from scoder.records import Candidate, Drop, load_candidates
+from scoder.filters import DropReasons, Partition
+from scoder.influence import gradient_features, influence_scores
+from scoder.models import load_causal_lm, load_tokenizer, resolve_model
+from scoder.records import Candidate, load_candidates
 from scoder.store import (
     RunDir,
     atomic_write_bytes,
     file_digest,
+    fingerprint,
     read_jsonl,
     write_json,
     write_jsonl,
 )
+from scoder.train import build_examples
 
 STAGE = "select"
+VERSION = "select/1"  # bump when the same inputs would select other candidates
+SelectDrop = Literal["influence_undefined", "below_top_k"]
+REASONS = DropReasons(STAGE, SelectDrop)
+
+
+# --- selection strategies ------------------------------------------------------------------------
+
+Strategy = Callable[[Sequence[Candidate], int, int], list[Candidate]]
+
+
+def influence_top_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candidate]:
+    """Highest influence on D_p first (ties by id)."""
+    return sorted(candidates, key=lambda c: (-_defined(c.influence), c.id))
+
+
+def judge_top_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candidate]:
+    """Highest weighted judge score first (unscored last, ties by id): judge-top@k."""
+    return sorted(candidates, key=lambda c: (-_defined(c.score), c.id))
+
+
+def random_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candidate]:
+    """k drawn at random without replacement (in input order), then the rest: random@k."""
+    rng = np.random.default_rng(seed)
+    k = min(k, len(candidates))
+    drawn = sorted(rng.choice(len(candidates), size=k, replace=False).tolist()) if k else []
+    chosen = set(drawn)
+    return [candidates[i] for i in drawn] + [c for i, c in enumerate(candidates) if i not in chosen]
+
+
+def _defined(value: float | None) -> float:
+    return value if value is not None else -np.inf
+
+
+STRATEGIES: dict[SelectionName, Strategy] = {
+    "influence": influence_top_k,
+    "judge": judge_top_k,
+    "random": random_k,
+}
+# The budget-matched comparison sets written beside every selection: file name -> strategy.
+BASELINES: dict[str, SelectionName] = {"random_at_k": "random", "judge_top_at_k": "judge"}
+
+
+def choose(
+    strategy: SelectionName, candidates: Sequence[Candidate], k: int, seed: int
+) -> Partition[Candidate]:
+    """The first k of the strategy's ranking kept, the rest dropped with their rank."""
+    ranked = STRATEGIES[strategy](candidates, k, seed)
+    out: Partition[Candidate] = Partition(ranked[:k])
+    for rank, c in enumerate(ranked[k:], start=k + 1):
+        detail = "not drawn" if strategy == "random" else f"rank {rank} > k={k}"
+        out.dropped.append(REASONS.drop(c, "below_top_k", f"{detail} ({strategy})"))
+    return out
+
+
+# --- influence -------------------------------------------------------------------------------------
 
 
 def training_records(
     rows: list[dict[str, Any]], tokenizer: Any, template_id: str, source: str
 ) -> list[dict[str, str]]:
     """The synthesizer's training samples exactly as `scoder train` builds them, as text."""
-    from scoder.train import build_examples
-
     return [
         {
             "prompt": tokenizer.apply_chat_template(
@@ -92,57 +157,6 @@ def cached_features(
     ), reused
 
 
-def select_top_k(
-    candidates: list[Candidate], influence: np.ndarray, reasons: dict[int, str], k: int, seed: int
-) -> dict[str, list[Candidate]]:
-    """Top-k by influence, plus random@k and judge-top@k over the same candidates."""
-    scored = [
-        c.model_copy(update={"influence": None if i in reasons else float(influence[i])})
-        for i, c in enumerate(candidates)
-    ]
-    valid = [i for i in range(len(scored)) if i not in reasons]
-    k = min(k, len(valid))
-    order = sorted(valid, key=lambda i: (-influence[i], scored[i].id))
-    top = set(order[:k])
-    rejected = []
-    for i, c in enumerate(scored):
-        if i in reasons:
-            rejected.append(
-                c.model_copy(
-                    update={
-                        "drop": Drop(stage=STAGE, reason="influence_undefined", detail=reasons[i])
-                    }
-                )
-            )
-        elif i not in top:
-            rejected.append(
-                c.model_copy(
-                    update={
-                        "drop": Drop(
-                            stage=STAGE,
-                            reason="below_top_k",
-                            detail=f"rank {order.index(i) + 1} > k={k}",
-                        )
-                    }
-                )
-            )
-    rng = np.random.default_rng(seed)
-    random_k = sorted(rng.choice(valid, size=k, replace=False).tolist()) if k else []
-    judge_order = sorted(
-        valid,
-        key=lambda i: (
-            -(scored[i].score if scored[i].score is not None else -np.inf),
-            scored[i].id,
-        ),
-    )
-    return {
-        "selected": [scored[i] for i in order[:k]],
-        "rejected": rejected,
-        "random_at_k": [scored[i] for i in random_k],
-        "judge_top_at_k": [scored[i] for i in judge_order[:k]],
-    }
-
-
 def _adapter_info(path: Path) -> dict[str, Any]:
     config = json.loads((path / "adapter_config.json").read_text())
     return {
@@ -151,33 +165,145 @@ def _adapter_info(path: Path) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Influence:
+    """Each candidate's influence on D_p (NaN where undefined), and how it was computed."""
+
+    scores: np.ndarray
+    checkpoints: list[dict[str, Any]]
+    features_reused: int
+    truncated: list[str]  # ids of candidates longer than select.max_length (kept, flagged)
+
+
+def compute_influence(
+    config: Config,
+    run: RunDir,
+    candidates: list[Candidate],
+    candidates_source: str,
+    dp_path: Path,
+    checkpoints: Sequence[Path],
+    *,
+    shard_tag: str = "part",
+) -> Influence:
+    """Gradient features of the candidates and D_p at every checkpoint (cached in RUN/features/),
+    summed into influence scores."""
+    cfg = config.select
+    ref = resolve_model(config.model.name, revision=config.model.revision)
+    tokenizer = load_tokenizer(ref)
+    template = config.synthesis.template
+    cand_records = training_records(
+        [c.model_dump() for c in candidates], tokenizer, template, candidates_source
+    )
+    dp_records = training_records(read_jsonl(dp_path), tokenizer, template, str(dp_path))
+    spec = dict(
+        projection_dim=cfg.projection_dim,
+        seed=cfg.projection_seed,
+        batch_tokens=cfg.batch_tokens,
+        max_length=cfg.max_length,
+    )
+    cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
+    for path in checkpoints:
+        model = load_causal_lm(
+            ref,
+            device=config.model.device,
+            dtype=config.model.dtype,
+            adapter=path,
+            trainable=True,  # gradients of the adapter: what influence is made of
+        )
+        ckpt = read_checkpoint(path, model, missing_state=cfg.missing_optimizer_state)
+        # Features depend only on (checkpoint, projection, text): one store per checkpoint and
+        # projection, shared by every select run and shard in this run directory.
+        digest = file_digest(Path(path) / "adapter_model.safetensors")
+        store = run.path / "features" / digest.split(":")[-1][:16] / fingerprint(spec)
+        store.mkdir(parents=True, exist_ok=True)
+        write_json(
+            store / "spec.json",
+            {**spec, "kind": "srht", "checkpoint": str(path), "adapter": _adapter_info(path)},
+        )
+        state = ckpt.optimizer_state
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if state is not None and cfg.missing_optimizer_state == "plain" and set(state) != trainable:
+            state = None  # recorded below as adam_preconditioned: false
+
+        def features_with(optimizer_state, model=model):
+            return lambda records: gradient_features(
+                model, tokenizer, records, optimizer_state=optimizer_state, **spec
+            ).numpy()
+
+        kind = "adam" if state else "plain"
+        c, n_reused = cached_features(
+            store / f"candidates-{kind}", cand_records, features_with(state), tag=shard_tag
+        )
+        d, m_reused = cached_features(
+            store / "dp-plain", dp_records, features_with(None), tag=shard_tag
+        )
+        reused += n_reused + m_reused
+        cand_feats.append(c)
+        dp_feats.append(d)
+        lrs.append(ckpt.mean_lr)
+        info.append(
+            {
+                "path": str(path),
+                "mean_lr": ckpt.mean_lr,
+                "step": ckpt.step,
+                "adam_preconditioned": state is not None,
+            }
+        )
+    truncated = [
+        c.id
+        for c, r in zip(candidates, cand_records)
+        if len(tokenizer(r["prompt"] + r["response"], add_special_tokens=False)["input_ids"]) + 1
+        > cfg.max_length
+    ]
+    return Influence(influence_scores(cand_feats, dp_feats, lrs), info, reused, truncated)
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelectResult:
+    kept: list[Candidate] = field(default_factory=list)
+    dropped: list[Candidate] = field(default_factory=list)
+    baselines: dict[str, list[Candidate]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 def run_select(
     config: Config,
     candidates_path: Path | None = None,
     *,
-    force: bool = False,
+    strategy: SelectionName = "influence",
+    dp: Path | None = None,
+    checkpoints: Sequence[Path] = (),
+    k: int | None = None,
+    seed: int | None = None,
+    run: RunDir | None = None,
     shard: tuple[int, int] | None = None,
-) -> tuple[RunDir, dict[str, Any]]:
-    """Influence-based selection; with `shard=(i, n)` only the features of every n-th candidate
-    (starting at the i-th, 1-based) are computed into RUN/features/, for a later full run to reuse.
+    force: bool = False,
+) -> tuple[RunDir, SelectResult]:
+    """Keep k candidates by `strategy` into RUN/select/ (kept.jsonl, dropped.jsonl,
+    baselines/random_at_k.jsonl and judge_top_at_k.jsonl, summary.json).
+
+    Influence needs the D_p file `dp` and the synthesizer `checkpoints`. k defaults to
+    select.k, else select.fraction of the candidates; `seed` (default random_seed) draws
+    random@k. With `shard=(i, n)` only the features of every n-th candidate (starting at the
+    i-th, 1-based) are computed into RUN/features/, for a later full run to reuse.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from scoder.checkpoints import load_checkpoint
-    from scoder.influence import gradient_features, influence_scores
-    from scoder.models import resolve_model
-    from scoder.models.hf import pick_device, pick_dtype
-
     cfg = config.select
-    run = RunDir(config.run_dir)
-    candidates_path = candidates_path or run.stage_dir("score") / "selected.jsonl"
+    run = run or RunDir(config.run_dir)
+    seed = config.random_seed if seed is None else seed
+    candidates_path = candidates_path or run.stage_dir("score") / "kept.jsonl"
     candidates = load_candidates(candidates_path, "score")
-    if cfg.dp is None or not Path(cfg.dp).is_file():
-        raise ScoderError(f"select.dp must name the D_p file (JSONL); got {cfg.dp}")
-    if not cfg.checkpoints:
-        raise ScoderError(
-            "select.checkpoints is empty: name the synthesizer checkpoints to estimate influence with"
-        )
+    needs_influence = strategy == "influence" or shard is not None
+    problems = []
+    if needs_influence and (dp is None or not Path(dp).is_file()):
+        problems.append(f"the D_p file (JSONL) is needed for influence; got {dp}")
+    if needs_influence and not checkpoints:
+        problems.append("name the synthesizer checkpoints to estimate influence with")
+    if problems:
+        raise ScoderError("select: " + "; ".join(problems))
+    checkpoints = [check_checkpoint(p) for p in checkpoints] if needs_influence else []
     if shard is not None:
         index, count = shard
         if not 1 <= index <= count:
@@ -185,152 +311,88 @@ def run_select(
                 f"--shard {index}/{count}: the shard number must be between 1 and {count}"
             )
         candidates = candidates[index - 1 :: count]
-    dp_rows = read_jsonl(cfg.dp)
-    if not candidates or not dp_rows:
-        raise ScoderError("select needs at least one candidate and one D_p sample")
-
+    if needs_influence and not read_jsonl(dp):
+        raise ScoderError(f"select: the D_p file {dp} holds no samples")
     ref = resolve_model(config.model.name, revision=config.model.revision)
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
-    cand_records = training_records(
-        [c.model_dump() for c in candidates],
-        tokenizer,
-        config.synthesis.template,
-        str(candidates_path),
-    )
-    dp_records = training_records(dp_rows, tokenizer, config.synthesis.template, str(cfg.dp))
-    device = pick_device(config.model.device)
-    dtype = pick_dtype(config.model.dtype, device)
-    ckpt_digests = {
-        str(p): file_digest(Path(p) / "adapter_model.safetensors") for p in cfg.checkpoints
-    }
     stage_fp = fingerprint(
         {
             "select": cfg.model_dump(mode="json"),
-            "model": ref.digest,
-            "checkpoints": ckpt_digests,
+            "strategy": strategy,
+            "k": k,
+            "seed": seed,
+            "model": ref.digest if needs_influence else None,
+            "checkpoints": [file_digest(p / "adapter_model.safetensors") for p in checkpoints],
             "candidates": file_digest(candidates_path),
-            "dp": file_digest(cfg.dp),
-            "random_seed": config.random_seed,
+            "dp": file_digest(dp) if needs_influence else None,
+            "version": VERSION,
         }
     )
     stage = STAGE if shard is None else f"{STAGE}-shard-{shard[0]}-of-{shard[1]}"
     with run.stage(stage, config=config, fingerprint=stage_fp, force=force) as record:
         out = run.stage_dir(stage)
-        cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
-        spec = dict(
-            projection_dim=cfg.projection_dim,
-            seed=cfg.projection_seed,
-            batch_tokens=cfg.batch_tokens,
-            max_length=cfg.max_length,
-        )
-        for path in cfg.checkpoints:
-            base = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
-            model, ckpt = load_checkpoint(path, base, missing_state=cfg.missing_optimizer_state)
-            model.eval()
-            # Features depend only on (checkpoint, projection, text): one store per checkpoint
-            # and projection, shared by every select run and shard in this run directory.
-            store = (
-                run.path
-                / "features"
-                / ckpt_digests[str(path)].split(":")[-1][:16]
-                / fingerprint(spec)
-            )
-            store.mkdir(parents=True, exist_ok=True)
-            write_json(
-                store / "spec.json",
-                {
-                    **spec,
-                    "kind": "srht",
-                    "checkpoint": str(path),
-                    "adapter": _adapter_info(Path(path)),
-                },
-            )
-            state = ckpt.optimizer_state
-            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-            if (
-                state is not None
-                and cfg.missing_optimizer_state == "plain"
-                and set(state) != trainable
-            ):
-                state = None  # recorded below as adam_preconditioned: false
-
-            def features_with(optimizer_state, model=model):
-                return lambda records: gradient_features(
-                    model, tokenizer, records, optimizer_state=optimizer_state, **spec
-                ).numpy()
-
-            kind = "adam" if state else "plain"
+        pool = Partition(list(candidates))
+        influence = None
+        if needs_influence:
             tag = "part" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
-            c, n_reused = cached_features(
-                store / f"candidates-{kind}", cand_records, features_with(state), tag=tag
+            influence = compute_influence(
+                config, run, candidates, str(candidates_path), Path(dp), checkpoints, shard_tag=tag
             )
-            d, m_reused = cached_features(
-                store / "dp-plain", dp_records, features_with(None), tag=tag
+            record.info.update(
+                {"checkpoints": influence.checkpoints, "truncated_candidates": influence.truncated}
             )
-            reused += n_reused + m_reused
-            cand_feats.append(c)
-            dp_feats.append(d)
-            lrs.append(ckpt.mean_lr)
-            info.append(
-                {
-                    "path": str(path),
-                    "mean_lr": ckpt.mean_lr,
-                    "step": ckpt.step,
-                    "adam_preconditioned": state is not None,
+            if shard is not None:
+                record.counts = {
+                    "candidates": len(candidates),
+                    "features_reused": influence.features_reused,
                 }
-            )
-        truncated = [
-            c.id
-            for c, r in zip(candidates, cand_records)
-            if len(tokenizer(r["prompt"] + r["response"], add_special_tokens=False)["input_ids"])
-            + 1
-            > cfg.max_length
-        ]
-        record.info.update(
-            {"checkpoints": info, "truncated_candidates": truncated}
-        )  # kept, flagged
-        if shard is not None:
-            record.counts = {
-                "candidates": len(candidates),
-                "dp": len(dp_rows),
-                "features_reused": reused,
-            }
-            return run, {"summary": {"shard": list(shard), "candidates": len(candidates)}}
-        influence = influence_scores(cand_feats, dp_feats, lrs)
-        reasons = {
-            i: "gradient undefined (no response tokens or not finite)"
-            for i in range(len(candidates))
-            if np.isnan(influence[i])
+                return run, SelectResult(
+                    summary={"shard": list(shard), "candidates": len(pool.kept)}
+                )
+            pool = _with_influence(candidates, influence.scores)
+        k = k or cfg.k or max(1, round(cfg.fraction * len(pool.kept)))
+        chosen = choose(strategy, pool.kept, k, seed)
+        kept = chosen.kept
+        dropped = pool.dropped + chosen.dropped
+        baselines = {
+            name: choose(base, pool.kept, k, seed).kept for name, base in BASELINES.items()
         }
-        k = cfg.k or max(1, round(cfg.fraction * (len(candidates) - len(reasons))))
-        sets = select_top_k(candidates, influence, reasons, k, config.random_seed)
-        write_jsonl(out / "selected.jsonl", sets["selected"])
-        write_jsonl(out / "rejected.jsonl", sets["rejected"])
-        write_jsonl(out / "baselines" / "random_at_k.jsonl", sets["random_at_k"])
-        write_jsonl(out / "baselines" / "judge_top_at_k.jsonl", sets["judge_top_at_k"])
+        counts = Partition(kept, dropped).write(out)
+        for name, chosen_set in baselines.items():
+            write_jsonl(out / "baselines" / f"{name}.jsonl", chosen_set)
         record.counts = {
             "candidates": len(candidates),
-            "dp": len(dp_rows),
-            "selected": len(sets["selected"]),
-            "rejected_by_reason": dict(Counter(c.drop.reason for c in sets["rejected"] if c.drop)),
-            "features_reused": reused,
-            "truncated": len(truncated),
+            "strategy": strategy,
+            "selected": counts["kept"],
+            "rejected_by_reason": counts["dropped_by_reason"],
         }
-        record.info.update(
-            {
-                "projection": {
-                    "dim": cfg.projection_dim,
-                    "seed": cfg.projection_seed,
-                    "kind": "srht",
-                },
-            }
-        )
-        summary = {
+        summary: dict[str, Any] = {
+            "strategy": strategy,
             "k": k,
-            "checkpoints": info,
             "overlap_with_judge_top_at_k": len(
-                {c.id for c in sets["selected"]} & {c.id for c in sets["judge_top_at_k"]}
+                {c.id for c in kept} & {c.id for c in baselines["judge_top_at_k"]}
             ),
         }
+        if influence is not None:
+            record.counts.update(
+                features_reused=influence.features_reused, truncated=len(influence.truncated)
+            )
+            record.info["projection"] = {
+                "dim": cfg.projection_dim,
+                "seed": cfg.projection_seed,
+                "kind": "srht",
+            }
+            summary["checkpoints"] = influence.checkpoints
         write_json(out / "summary.json", summary)
-    return run, {**sets, "summary": summary}
+    return run, SelectResult(kept, dropped, baselines, summary)
+
+
+def _with_influence(candidates: list[Candidate], scores: np.ndarray) -> Partition[Candidate]:
+    """Candidates with their influence; those whose gradient is undefined dropped."""
+    out: Partition[Candidate] = Partition()
+    for c, value in zip(candidates, scores):
+        if np.isnan(value):
+            why = "gradient undefined (no response tokens or not finite)"
+            out.dropped.append(REASONS.drop(c, "influence_undefined", why))
+        else:
+            out.kept.append(c.model_copy(update={"influence": float(value)}))
+    return out

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,17 +58,9 @@ def create_app(
     from fastapi.responses import JSONResponse
 
     adapters = adapters or {}
-    model = backend.model
     if adapters:
-        from peft import PeftModel
-
-        names = list(adapters)
-        model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
-        for name in names[1:]:
-            model.load_adapter(adapters[name], adapter_name=name)
-        model.eval()
-        backend.model = model
-    batcher = _Batcher(backend, model, adapters, max_batch=max_batch, wait_s=batch_wait_s)
+        backend.load_adapters({name: Path(path) for name, path in adapters.items()})
+    batcher = _Batcher(backend, adapters, max_batch=max_batch, wait_s=batch_wait_s)
     app = FastAPI(title="scoder serve")
     created = int(time.time())
 
@@ -156,13 +148,12 @@ class _Batcher:
     def __init__(
         self,
         backend: TransformersBackend,
-        model: Any,
         adapters: dict[str, str],
         *,
         max_batch: int,
         wait_s: float,
     ):
-        self.backend, self.model, self.adapters = backend, model, adapters
+        self.backend, self.adapters = backend, adapters
         self.max_batch, self.wait_s = max_batch, wait_s
         self.queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._work, daemon=True, name="scoder-serve-batcher").start()
@@ -203,12 +194,7 @@ class _Batcher:
     def _generate(
         self, name: str, chats: list[list[dict]], n: int, params: SamplingParams
     ) -> list[list[Any]]:
-        if name in self.adapters:
-            self.model.set_adapter(name)
-            context = nullcontext()
-        else:
-            context = self.model.disable_adapter() if self.adapters else nullcontext()
-        with context:
+        with self.backend.adapter(name if name in self.adapters else None):
             return self.backend.generate(chats, n, params)
 
 

@@ -1,15 +1,18 @@
-"""The run directory: atomic writes, the manifest, and stage bookkeeping.
+"""The run directory: atomic writes, fingerprints, the run lock, the manifest, stage bookkeeping.
 
 Every file is written to a temporary name in the same directory, fsynced, then renamed, so a killed
 run leaves either the old file or the new one, never half of one. A stage records a fingerprint of
 everything its output depends on; running it again into the same directory with a different
 fingerprint is refused (outputs of two configs are never mixed) unless the caller forces a fresh
-start of that stage.
+start of that stage. A command that writes into a run directory holds its lock (`run_lock`), so
+two of them never work in one directory at once.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -33,6 +36,69 @@ T = TypeVar("T", bound=BaseModel)
 
 class StoreError(ScoderError):
     pass
+
+
+class RunDirLocked(StoreError):
+    pass
+
+
+def fingerprint(data: Any) -> str:
+    """A stable short hash of JSON-able data (config sections, file digests, step identities)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}  # run directory -> how many holders in this process
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, command: str = "scoder") -> Iterator[None]:
+    """Hold RUN/.lock while writing into a run directory; refuse at once if another process holds
+    it, naming that process.
+
+    The lock is an flock on the file, so the kernel releases it when its holder dies however it
+    dies: a lock left by a killed run is simply taken over. The file keeps the holder's pid and
+    command for the message (and is never deleted: deleting it would let two processes lock two
+    different files of the same name). Re-entrant within one process.
+    """
+    path = Path(run_dir).resolve()
+    if path in _held_locks:
+        _held_locks[path] += 1
+        try:
+            yield
+        finally:
+            _held_locks[path] -= 1
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunDirLocked(
+            f"{path} is in use by {holder}: two runs in one directory would both do all the "
+            "work and overwrite each other's records. Wait for it to finish, stop it, or use "
+            "another run directory (--out)."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "command": command, "since": now_iso()}
+        os.write(fd, (json.dumps(info) + "\n").encode())
+        _held_locks[path] = 1
+        yield
+    finally:
+        _held_locks.pop(path, None)
+        os.close(fd)  # closing releases the flock
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"`{info['command']}` (pid {info['pid']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -125,8 +191,6 @@ def resumable_chunks(
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
-    import hashlib
-
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -13,19 +13,37 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from scoder.config import Config, SynthesisConfig, fingerprint
+from scoder.config import Config, SynthesisConfig
 from scoder.errors import ScoderError
-from scoder.models.base import Completion, GenerationBackend, SamplingParams
+from scoder.filters import DropReasons, Partition
+from scoder.models import GenerationBackend, load_backend
+from scoder.models.base import Completion, SamplingParams
 from scoder.records import Candidate, Drop, Seed
-from scoder.store import RunDir, StoreError, file_digest, read_jsonl, resumable_chunks, write_jsonl
+from scoder.store import RunDir, StoreError, file_digest, fingerprint, read_jsonl, resumable_chunks
 from scoder.templates import SYNTHESIS_TEMPLATES, SynthesisTemplate
 
 STAGE = "synthesize"
+VERSION = "synthesize/1"  # bump when the same config and model would give other candidates
+SynthesisDrop = Literal[
+    "empty_output",
+    "missing_problem",
+    "empty_problem",
+    "missing_solution",
+    "unclosed_solution_fence",
+    "empty_solution",
+    "solution_syntax_error",
+    "missing_tests",
+    "unclosed_tests_fence",
+    "empty_tests",
+    "tests_syntax_error",
+    "tests_without_assert",
+    "truncated",
+]
+REASONS = DropReasons(STAGE, SynthesisDrop)
 
 _HEADER = re.compile(
     r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__|\[)?[ \t]*"
@@ -57,12 +75,9 @@ def parse_synthesis(text: str, finish_reason: str = "stop") -> Parsed | Drop:
         return _parse(text)
     except ParseFailure as failure:
         if finish_reason == "length":
-            return Drop(
-                stage=STAGE,
-                reason="truncated",
-                detail=f"hit max_new_tokens; {failure.reason}: {failure.detail}",
-            )
-        return Drop(stage=STAGE, reason=failure.reason, detail=failure.detail)
+            detail = f"hit max_new_tokens; {failure.reason}: {failure.detail}"
+            return REASONS.make("truncated", detail)
+        return REASONS.make(failure.reason, failure.detail)
 
 
 def _parse(text: str) -> Parsed:
@@ -231,56 +246,33 @@ def make_candidate(
     )
 
 
-def checkpoint_names(paths: list[Path]) -> dict[str, Path]:
+def checkpoint_names(paths: Sequence[Path]) -> dict[str, Path]:
     """A short, unique name per checkpoint (its directory name; numbered when two share one)."""
     names: dict[str, Path] = {}
     for i, path in enumerate(paths):
         path = Path(path)
         if not (path / "adapter_config.json").is_file():
-            raise ScoderError(f"synthesis.checkpoints: {path} is not a LoRA adapter directory")
+            raise ScoderError(f"synthesize: checkpoint {path} is not a LoRA adapter directory")
         name = path.name if path.name not in names else f"{path.name}-{i}"
         names[name] = path
     return names
-
-
-def attach_adapters(backend: GenerationBackend, checkpoints: dict[str, Path]) -> Any:
-    """Load every checkpoint's adapter onto the one base model; return a switch(name) context."""
-    from contextlib import contextmanager
-
-    from peft import PeftModel
-
-    model = getattr(backend, "model", None)
-    if model is None:
-        raise ScoderError(
-            "multi-checkpoint sampling needs the transformers backend (an in-process model)"
-        )
-    names = list(checkpoints)
-    peft_model = PeftModel.from_pretrained(model, checkpoints[names[0]], adapter_name=names[0])
-    for name in names[1:]:
-        peft_model.load_adapter(checkpoints[name], adapter_name=name)
-    backend.model = peft_model.eval()
-
-    @contextmanager
-    def switch(name: str):
-        peft_model.set_adapter(name)
-        yield
-
-    return switch
 
 
 def run_synthesize(
     config: Config,
     seeds_path: Path | None = None,
     *,
-    force: bool = False,
-    backend: GenerationBackend | None = None,
+    run: RunDir | None = None,
+    checkpoints: Sequence[Path] = (),
     round_number: int = 0,
+    backend: GenerationBackend | None = None,
+    force: bool = False,
 ) -> tuple[RunDir, SynthesisResult]:
-    """`scoder synthesize`: seeds file -> candidates.jsonl + rejected.jsonl in the run dir."""
-    from scoder.models import load_backend, log_requests
-
-    run = RunDir(config.run_dir)
-    seeds_path = seeds_path or run.stage_dir("seeds") / "seeds.jsonl"
+    """`scoder synthesize`: seeds -> RUN/synthesize/kept.jsonl (parsed candidates) and
+    dropped.jsonl (unusable answers, with reasons). With `checkpoints` (LoRA adapters of the
+    model), n samples per seed from each, switched on one loaded base model."""
+    run = run or RunDir(config.run_dir)
+    seeds_path = seeds_path or run.stage_dir("seeds") / "kept.jsonl"
     if not seeds_path.is_file():
         raise ScoderError(
             f"no seeds at {seeds_path}: run `scoder seeds` first or pass --seeds FILE"
@@ -288,18 +280,18 @@ def run_synthesize(
     seeds = read_jsonl(seeds_path, Seed)
     if not seeds:
         raise ScoderError(f"{seeds_path} holds no seeds")
+    named = checkpoint_names(checkpoints)
     backend = backend or load_backend(config.model)
     model = backend.describe()
     template = SYNTHESIS_TEMPLATES[config.synthesis.template]
     synth_cfg = config.synthesis.model_dump(mode="json")
     synth_cfg.pop("chunk_size")  # decides where work is saved, not what is generated
-    checkpoints = checkpoint_names(config.synthesis.checkpoints)
     stage_fp = fingerprint(
         {
             "synthesis": synth_cfg,
             "checkpoints": {
                 name: file_digest(Path(p) / "adapter_model.safetensors")
-                for name, p in checkpoints.items()
+                for name, p in named.items()
             },
             "chunk_size": config.synthesis.chunk_size,
             "model_digest": model["digest"],
@@ -318,17 +310,18 @@ def run_synthesize(
             }
         )
         out = run.stage_dir(STAGE)
-        log_requests(backend, out)
-        # Without checkpoints, the loaded model is the one "base" checkpoint.
-        switch = attach_adapters(backend, checkpoints) if checkpoints else None
+        backend.use_request_log(out / "requests.jsonl")
+        if named:
+            backend.load_adapters(named)
         result = SynthesisResult()
-        for name in checkpoints or ["base"]:
-            with switch(name) if switch else nullcontext():
+        # Without checkpoints, the loaded model is the one "base" checkpoint.
+        for name in named or ["base"]:
+            with backend.adapter(name if named else None):
                 part = synthesize(
                     seeds,
                     backend,
                     config.synthesis,
-                    parts_dir=out / "parts" / name if switch else out / "parts",
+                    parts_dir=out / "parts" / name if named else out / "parts",
                     random_seed=config.random_seed,
                     round=round_number,
                     checkpoint=name,
@@ -338,20 +331,19 @@ def run_synthesize(
             result.generated_tokens += part.generated_tokens
             result.generation_seconds += part.generation_seconds
             result.resumed_chunks += part.resumed_chunks
-        if checkpoints:
-            record.info["checkpoints"] = {name: str(p) for name, p in checkpoints.items()}
-        write_jsonl(out / "candidates.jsonl", result.accepted)
-        write_jsonl(out / "rejected.jsonl", result.rejected)
-        all_candidates = result.accepted + result.rejected
+        if named:
+            record.info["checkpoints"] = {name: str(p) for name, p in named.items()}
+        counts = Partition(result.accepted, result.rejected).write(out)
+        generated = result.accepted + result.rejected
         record.counts = {
             "seeds": len(seeds),
-            "generated": len(all_candidates),
-            "per_checkpoint": dict(Counter(c.checkpoint for c in all_candidates)),
-            "accepted": len(result.accepted),
-            "rejected": len(result.rejected),
-            "rejected_by_reason": dict(Counter(c.drop.reason for c in result.rejected if c.drop)),
-            "completion_tokens": sum(c.completion_tokens for c in all_candidates),
-            "prompt_tokens": sum(c.prompt_tokens for c in all_candidates),
+            "generated": len(generated),
+            "per_checkpoint": dict(Counter(c.checkpoint for c in generated)),
+            "accepted": counts["kept"],
+            "rejected": counts["dropped"],
+            "rejected_by_reason": counts["dropped_by_reason"],
+            "completion_tokens": sum(c.completion_tokens for c in generated),
+            "prompt_tokens": sum(c.prompt_tokens for c in generated),
             "resumed_chunks": result.resumed_chunks,
         }
         record.info["model"] = backend.describe()  # with the token usage (and cost) of API backends

@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from scoder.config import Config, fingerprint
+from scoder.config import Config
 from scoder.errors import ScoderError
+from scoder.filters import DropReasons, Partition
+from scoder.models import GenerationBackend, load_backend
 from scoder.records import DpSample, Seed
-from scoder.store import RunDir, file_digest, read_jsonl, write_jsonl
+from scoder.store import RunDir, file_digest, fingerprint, read_jsonl, write_jsonl
+from scoder.synthesize import synthesize
 
 STAGE = "teacher"
+VERSION = "teacher/1"  # bump when the same config would give another D_p
+TeacherDrop = Literal["duplicate"]  # (answers of the generate route are dropped by synthesis)
+REASONS = DropReasons(STAGE, TeacherDrop)
 
 
 BUILTIN_DP = "builtin:mbpp-train"  # the D_p shipped with scoder (MBPP train split, CC-BY-4.0)
@@ -33,8 +41,6 @@ def builtin_path(source: str) -> Path | None:
         if source.startswith("builtin:"):
             raise ScoderError(f"unknown built-in source {source!r}; there is {BUILTIN_DP!r}")
         return None
-    from importlib import resources
-
     return Path(str(resources.files("scoder") / "data" / "dp_mbpp_train.jsonl"))
 
 
@@ -130,20 +136,23 @@ def from_table(config: Config) -> list[DpSample]:
 
 
 def run_teacher(
-    config: Config, seeds_path: Path | None = None, *, force: bool = False, backend: Any = None
+    config: Config,
+    seeds_path: Path | None = None,
+    *,
+    run: RunDir | None = None,
+    backend: GenerationBackend | None = None,
+    force: bool = False,
 ) -> tuple[RunDir, list[DpSample]]:
-    """`scoder teacher`: write RUN/teacher/dp.jsonl (and rejected.jsonl for the generate route)."""
+    """`scoder teacher`: D_p into RUN/teacher/kept.jsonl; dropped.jsonl holds what was not kept
+    (repeated rows; for the generate route, the answers that did not parse, as candidates)."""
     cfg = config.teacher
-    run = RunDir(config.run_dir)
+    run = run or RunDir(config.run_dir)
     identity: dict[str, Any] = {
         "teacher": cfg.model_dump(mode="json"),
         "random_seed": config.random_seed,
     }
     if cfg.route == "generate":
-        from scoder.models import load_backend, log_requests
-        from scoder.synthesize import synthesize
-
-        seeds_path = seeds_path or run.stage_dir("seeds") / "seeds.jsonl"
+        seeds_path = seeds_path or run.stage_dir("seeds") / "kept.jsonl"
         if not seeds_path.is_file():
             raise ScoderError(
                 f"no seeds at {seeds_path}: run `scoder seeds` first or pass --seeds FILE"
@@ -157,11 +166,11 @@ def run_teacher(
         identity["source"] = file_digest(builtin_path(cfg.source) or cfg.source)
     with run.stage(STAGE, config=config, fingerprint=fingerprint(identity), force=force) as record:
         out = run.stage_dir(STAGE)
-        rejected: list[Any] = []
+        unparsed: list[Any] = []
         if cfg.route == "generate":
             seeds = read_jsonl(seeds_path, Seed)[: cfg.limit or None]
             backend = backend or load_backend(config.model)
-            log_requests(backend, out)
+            backend.use_request_log(out / "requests.jsonl")
             result = synthesize(
                 seeds,
                 backend,
@@ -185,20 +194,30 @@ def run_teacher(
                 )
                 for c in result.accepted
             ]
-            rejected = result.rejected
+            unparsed = result.rejected
             record.info["model"] = backend.describe()
         else:
             samples = from_table(config)
-        unique: dict[str, DpSample] = {}
+        first: dict[str, DpSample] = {}
+        repeated: list[DpSample] = []
         for sample in samples:  # the same row twice in a source is one sample
-            unique.setdefault(sample.id, sample)
-        samples = list(unique.values())
-        write_jsonl(out / "dp.jsonl", samples)
-        write_jsonl(out / "rejected.jsonl", rejected)
+            if sample.id in first:
+                detail = f"row {sample.row} repeats row {first[sample.id].row}"
+                repeated.append(REASONS.drop(sample, "duplicate", detail, related=sample.id))
+            else:
+                first[sample.id] = sample
+        kept = Partition(list(first.values()), repeated)
+        counts = kept.write(out)
+        if unparsed:  # the generate route's unusable answers, kept with their raw output
+            write_jsonl(out / "dropped.jsonl", unparsed)
+            counts["dropped"] = len(unparsed)
+            counts["dropped_by_reason"] = dict(
+                Counter(c.drop.reason for c in unparsed if c.drop is not None)
+            )
         record.counts = {
             "route": cfg.route,
-            "samples": len(samples),
-            "rejected": len(rejected),
-            "with_tests": sum(1 for s in samples if s.tests),
+            "samples": len(kept.kept),
+            **{k: v for k, v in counts.items() if k != "kept"},
+            "with_tests": sum(1 for s in kept.kept if s.tests),
         }
-    return run, samples
+    return run, kept.kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
 
 Chat = list[dict[str, str]]
 
@@ -213,3 +214,68 @@ Answer with one JSON object mapping each aspect name to its integer score.""",
 )
 
 JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {t.id: t for t in (JUDGE_V1,)}
+
+
+class EvalTask(Protocol):
+    """What an evaluation prompt needs of a benchmark task (scoder.eval's BenchmarkTask)."""
+
+    prompt: str
+    entry_point: str
+
+    @property
+    def example(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class EvalTemplate:
+    """How a task becomes a prompt. `humaneval` gets {prompt}; `mbpp` gets {problem},
+    {entry_point} and {example} (the task's first assert)."""
+
+    id: str
+    kind: Literal["chat", "completion"]
+    humaneval: str
+    mbpp: str
+    system: str = ""
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+    def text(self, task: EvalTask, benchmark: str) -> str:
+        if benchmark == "humaneval":
+            return self.humaneval.format(prompt=task.prompt)
+        return self.mbpp.format(
+            problem=task.prompt.strip(), entry_point=task.entry_point, example=task.example
+        )
+
+    def chat(self, task: EvalTask, benchmark: str) -> Chat:
+        text = self.text(task, benchmark)
+        if self.kind == "completion":  # continued as the start of the answer
+            return [{"role": "assistant", "content": text}]
+        chat = [{"role": "system", "content": self.system}] if self.system else []
+        return [*chat, {"role": "user", "content": text}]
+
+
+EVAL_TEMPLATES: dict[str, EvalTemplate] = {
+    t.id: t
+    for t in (
+        EvalTemplate(
+            id="eval-chat-v1",
+            kind="chat",
+            humaneval="Complete the following Python function. Reply with the complete, "
+            "self-contained function (with the imports it needs) in one ```python code block."
+            "\n\n```python\n{prompt}```",
+            mbpp="{problem}\n\nWrite a self-contained Python function `{entry_point}` that solves "
+            "this problem. Your code should pass this test:\n\n```python\n{example}\n```\n\n"
+            "Reply with the complete function (with the imports it needs) in one ```python code "
+            "block.",
+        ),
+        EvalTemplate(
+            id="eval-completion-v1",
+            kind="completion",
+            humaneval="{prompt}",
+            mbpp='"""\n{problem}\n{example}\n"""\n',
+        ),
+    )
+}

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from scoder.config import Config, TrainConfig, fingerprint
+from scoder.checkpoints import save_checkpoint
+from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
-from scoder.store import RunDir, file_digest, read_jsonl
+from scoder.models import load_causal_lm, load_tokenizer, resolve_model
+from scoder.store import RunDir, file_digest, fingerprint, read_jsonl
 from scoder.templates import PLAIN_TEMPLATE_ID, SYNTHESIS_TEMPLATES, render_plain
 
 STAGE = "train"
+VERSION = "train/1"  # bump when the same inputs would train another model
+Task = Literal["synthesizer", "code"]
 
 
 def build_examples(
     rows: list[dict[str, Any]],
-    task: str,
+    task: Task,
     template_id: str,
     source: str,
     *,
@@ -109,8 +113,6 @@ def resolve_template(cfg: TrainConfig, tokenizer: Any, model_id: str) -> bool:
 def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
     from transformers import TrainerCallback
 
-    from scoder.checkpoints import save_checkpoint
-
     class SaveForInfluence(TrainerCallback):
         """Writes scoder checkpoints with the mean learning rate of the span each one closes."""
 
@@ -154,11 +156,11 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
 
 
 def _examples(
-    path: Path, config: Config, tokenizer: Any, plain: bool
+    path: Path, config: Config, task: Task, tokenizer: Any, plain: bool
 ) -> tuple[list[dict], int, Counter]:
     cfg = config.train
     rows = read_jsonl(path)[: cfg.limit or None]
-    built = build_examples(rows, cfg.task, config.synthesis.template, str(path), plain=plain)
+    built = build_examples(rows, task, config.synthesis.template, str(path), plain=plain)
     examples, dropped = drop_untrainable(built, tokenizer, cfg.max_length)
     if not examples:
         raise ScoderError(
@@ -181,13 +183,11 @@ def build_trainer(
     packing, bf16 on CUDA and fp32 elsewhere, no HF checkpoints (scoder writes its own)."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
     from trl import SFTConfig, SFTTrainer
 
     cfg = config.train
     device = next(model.parameters()).device
-    from peft import PeftModel
-
     already_adapted = isinstance(model, PeftModel)  # continuing an earlier adapter
     peft_config = (
         LoraConfig(
@@ -245,39 +245,48 @@ def build_trainer(
 
 
 def run_train(
-    config: Config, data_path: Path | None = None, *, force: bool = False
+    config: Config,
+    data_path: Path | None,
+    *,
+    task: Task = "synthesizer",
+    eval_data: Path | None = None,
+    init_adapter: Path | None = None,
+    merge: bool = False,
+    model: ModelConfig | None = None,
+    run: RunDir | None = None,
+    force: bool = False,
 ) -> tuple[RunDir, dict[str, Any]]:
-    """Fine-tune config.model on config.train.data; checkpoints land in RUN/train/checkpoints/."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Fine-tune `model` (default config.model) on the rows of `data_path`; checkpoints land in
+    RUN/train/checkpoints/.
 
-    from scoder.models import resolve_model
-    from scoder.models.hf import pick_device, pick_dtype
+    `eval_data`: rows whose completion loss is measured before training and after every epoch
+    (e.g. held-out D_p). `init_adapter`: continue this LoRA adapter instead of a fresh one.
+    `merge`: also write the model with the adapter merged (RUN/train/model/), loadable without
+    peft.
+    """
+    import torch
 
     cfg = config.train
-    run = RunDir(config.run_dir)
-    data_path = data_path or (Path(cfg.data) if cfg.data else None)
-    if data_path is None or not data_path.is_file():
-        raise ScoderError(f"train.data must name a JSONL file of training rows (got {data_path})")
-    if (
-        cfg.init_adapter is not None
-        and not (Path(cfg.init_adapter) / "adapter_config.json").is_file()
-    ):
-        raise ScoderError(f"train.init_adapter is not a LoRA adapter directory: {cfg.init_adapter}")
-    if cfg.eval_data is not None and not Path(cfg.eval_data).is_file():
-        raise ScoderError(f"train.eval_data: no such file: {cfg.eval_data}")
-    ref = resolve_model(config.model.name, revision=config.model.revision)
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model_cfg = model or config.model
+    run = run or RunDir(config.run_dir)
+    problems = []
+    if data_path is None or not Path(data_path).is_file():
+        problems.append(f"--data must name a JSONL file of training rows (got {data_path})")
+    if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").is_file():
+        problems.append(f"--init-adapter is not a LoRA adapter directory: {init_adapter}")
+    if eval_data is not None and not Path(eval_data).is_file():
+        problems.append(f"--eval-data: no such file: {eval_data}")
+    if problems:
+        raise ScoderError("train: " + "; ".join(problems))
+    data_path = Path(data_path)  # type: ignore[arg-type]
+    ref = resolve_model(model_cfg.name, revision=model_cfg.revision)
+    tokenizer = load_tokenizer(ref)
     plain = resolve_template(cfg, tokenizer, ref.id)
-    examples, n_rows, dropped = _examples(data_path, config, tokenizer, plain)
+    examples, n_rows, dropped = _examples(data_path, config, task, tokenizer, plain)
     eval_examples = (
-        _examples(Path(cfg.eval_data), config, tokenizer, plain)[0] if cfg.eval_data else None
+        _examples(Path(eval_data), config, task, tokenizer, plain)[0] if eval_data else None
     )
-    device = pick_device(config.model.device)
-    dtype = pick_dtype(config.model.dtype, device)
-    if cfg.task == "synthesizer":
+    if task == "synthesizer":
         template = SYNTHESIS_TEMPLATES[config.synthesis.template]
         template_name, template_digest = template.id, template.digest
     else:
@@ -286,11 +295,15 @@ def run_train(
     stage_fp = fingerprint(
         {
             "train": cfg.model_dump(mode="json"),
+            "task": task,
+            "merge": merge,
             "model": ref.digest,
+            "device": model_cfg.device,
+            "dtype": model_cfg.dtype,
             "data": file_digest(data_path),
-            "eval_data": file_digest(cfg.eval_data) if cfg.eval_data else None,
-            "init_adapter": file_digest(Path(cfg.init_adapter) / "adapter_model.safetensors")
-            if cfg.init_adapter
+            "eval_data": file_digest(eval_data) if eval_data else None,
+            "init_adapter": file_digest(Path(init_adapter) / "adapter_model.safetensors")
+            if init_adapter
             else None,
             "random_seed": config.random_seed,
             "template": [template_name, template_digest, format_name],
@@ -299,15 +312,17 @@ def run_train(
     with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
         out = run.stage_dir(STAGE)
         torch.manual_seed(config.random_seed)
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device)
-        if cfg.init_adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        network = load_causal_lm(
+            ref,
+            device=model_cfg.device,
+            dtype=model_cfg.dtype,
+            adapter=init_adapter,
+            trainable=True,
+        )
         callback = _checkpoint_callback(out / "checkpoints", cfg.save_every_steps)
         trainer = build_trainer(
             config,
-            model,
+            network,
             tokenizer,
             examples,
             out,
@@ -321,7 +336,7 @@ def run_train(
         # train() starts a fresh log history: the evaluation before it is not in there
         eval_losses += [entry["eval_loss"] for entry in history if "eval_loss" in entry]
         merged = None
-        if cfg.merge:
+        if merge:
             merged = out / "model"
             final = trainer.model.merge_and_unload() if cfg.lora else trainer.model
             final.save_pretrained(merged)
@@ -335,14 +350,14 @@ def run_train(
         }
         record.info.update(
             {
-                "task": cfg.task,
+                "task": task,
                 "model": ref.describe(),
                 "checkpoints": callback.saved,
                 "train_loss": result.training_loss,
                 "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None,
                 "eval_losses": eval_losses,
-                "dtype": str(dtype).removeprefix("torch."),
+                "dtype": str(network.dtype).removeprefix("torch."),
                 "template": template_name,
                 "template_digest": template_digest,
                 "format": format_name,

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from scoder.config import ModelConfig
 from scoder.models.base import Chat, Completion, GenerationBackend, SamplingParams
-from scoder.models.loading import EMBEDDED_MODEL_ID, ModelRef, resolve_model
+from scoder.models.hf import TransformersBackend
+from scoder.models.loading import (
+    EMBEDDED_MODEL_ID,
+    ModelRef,
+    load_causal_lm,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+    weights_digest,
+)
+from scoder.models.openai_backend import OpenAIBackend
 
 
 def _transformers_backend(cfg: ModelConfig) -> GenerationBackend:
-    from scoder.models.hf import TransformersBackend
-
     return TransformersBackend(
         resolve_model(cfg.name, revision=cfg.revision),
         device=cfg.device,
@@ -23,8 +31,6 @@ def _transformers_backend(cfg: ModelConfig) -> GenerationBackend:
 
 
 def _openai_backend(cfg: ModelConfig) -> GenerationBackend:
-    from scoder.models.openai_backend import OpenAIBackend
-
     return OpenAIBackend(
         base_url=cfg.base_url or "",
         model=cfg.name or "",
@@ -46,12 +52,6 @@ def load_backend(cfg: ModelConfig) -> GenerationBackend:
     return BACKENDS[cfg.backend](cfg)
 
 
-def log_requests(backend: GenerationBackend, stage_dir: Path) -> None:
-    """API backends keep finished requests in the stage's directory: a re-run never pays twice."""
-    if hasattr(backend, "use_request_log"):
-        backend.use_request_log(stage_dir / "requests.jsonl")
-
-
 __all__ = [
     "BACKENDS",
     "EMBEDDED_MODEL_ID",
@@ -60,7 +60,13 @@ __all__ = [
     "GenerationBackend",
     "ModelRef",
     "SamplingParams",
+    "TransformersBackend",
+    "OpenAIBackend",
     "load_backend",
-    "log_requests",
+    "load_causal_lm",
+    "load_tokenizer",
+    "pick_device",
+    "pick_dtype",
     "resolve_model",
+    "weights_digest",
 ]

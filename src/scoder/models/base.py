@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Chat = list[dict[str, str]]
@@ -50,6 +52,9 @@ class GenerationBackend(Protocol):
     """
 
     model_id: str
+    # Whether prompts go through a chat template (an instruct model, or any API server, which
+    # applies its own), rather than the plain transcript a base model is trained on.
+    uses_chat_template: bool
 
     def generate(
         self, chats: Sequence[Chat], n: int, params: SamplingParams
@@ -57,4 +62,17 @@ class GenerationBackend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Identity for the manifest: model id, weight digest, device, dtype, batch size."""
+        ...
+
+    def use_request_log(self, path: Path) -> None:
+        """Keep every finished request in `path` and answer repeated ones from it, so a re-run
+        never pays twice (API backends; an in-process model has nothing to keep)."""
+        ...
+
+    def load_adapters(self, adapters: Mapping[str, Path]) -> None:
+        """Make LoRA adapters (checkpoint directories) available by name."""
+        ...
+
+    def adapter(self, name: str | None) -> AbstractContextManager[None]:
+        """Within the block, generate with adapter `name` (None: the base model alone)."""
         ...

@@ -5,14 +5,16 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from scoder.errors import ScoderError
 from scoder.models.base import Chat, Completion, SamplingParams
-from scoder.models.loading import ModelRef
+from scoder.models.loading import ModelRef, load_causal_lm, load_tokenizer
 from scoder.templates import render_plain
 
 # One decoding step costs about the same at batch 1 and batch 16 on a CPU (weight reads dominate),
@@ -20,23 +22,6 @@ from scoder.templates import render_plain
 AUTO_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 # Below this many shared prompt tokens, computing a shared prefix is not worth a forward pass.
 MIN_SHARED_PREFIX = 16
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from scoder.errors import ScoderError
-
-        raise ScoderError(f"model.device is {device!r} but no CUDA device is available")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        # CPUs here have no native bf16: emulated bf16 is ~12x slower than fp32.
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 class TransformersBackend:
@@ -50,34 +35,55 @@ class TransformersBackend:
         dtype: str = "auto",
         batch_size: int | str = "auto",
         trust_remote_code: bool = False,
-        model: Any = None,
-        tokenizer: Any = None,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise
         self.ref = ref
         self.model_id = ref.id
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
+        self.tokenizer = load_tokenizer(ref, trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(
+            ref, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        self.device = self.model.device
+        self.dtype = self.model.dtype
         self.batch_size = (
             AUTO_BATCH_SIZE.get(self.device.type, 16) if batch_size == "auto" else int(batch_size)
         )
-        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(
-            ref.path, trust_remote_code=trust_remote_code
-        )
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = model or AutoModelForCausalLM.from_pretrained(
-            ref.path, dtype=self.dtype, trust_remote_code=trust_remote_code
-        )
-        self.model.to(self.device).eval()
+        self.uses_chat_template = bool(self.tokenizer.chat_template)
+        self.adapters: dict[str, Path] = {}
         # transformers >= 5.2x names the generate/forward argument `cache`; older ones
         # `past_key_values`.
         forward_args = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self.eos_ids = self._eos_ids()
+
+    def use_request_log(self, path: Path) -> None:
+        """Nothing to keep: the model is here, a re-run generates again."""
+
+    def load_adapters(self, adapters: Mapping[str, Path]) -> None:
+        """Attach each LoRA adapter to the one loaded base model, under its name."""
+        from peft import PeftModel
+
+        for name, path in adapters.items():
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise ScoderError(f"{path} is not a LoRA adapter directory")
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+            self.adapters[name] = Path(path)
+        self.model.eval()
+
+    @contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        if name is None:
+            with self.model.disable_adapter() if self.adapters else nullcontext():
+                yield
+            return
+        if name not in self.adapters:
+            raise ScoderError(
+                f"no adapter named {name!r} (loaded: {', '.join(self.adapters) or 'none'})"
+            )
+        self.model.set_adapter(name)
+        yield
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -118,8 +124,15 @@ class TransformersBackend:
             out.append(self.tokenizer(text, add_special_tokens=not has_special)["input_ids"])
         return out
 
-    @torch.inference_mode()
     def generate(
+        self, chats: Sequence[Chat], n: int, params: SamplingParams
+    ) -> list[list[Completion]]:
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(chats, n, params)
+
+    def _generate(
         self, chats: Sequence[Chat], n: int, params: SamplingParams
     ) -> list[list[Completion]]:
         prompts = self.encode(chats)
@@ -160,6 +173,8 @@ class TransformersBackend:
             length += 1
         if length < MIN_SHARED_PREFIX:
             return None
+        import torch
+
         out = self.model(
             input_ids=torch.tensor([first[:length]], device=self.device), use_cache=True
         )
@@ -175,6 +190,8 @@ class TransformersBackend:
         batch_index: int,
         shared: tuple[int, Any] | None = None,
     ) -> list[Completion]:
+        import torch
+
         pad = self.tokenizer.pad_token_id
         prefix_len = shared[0] if shared else 0
         prefix = rows[0][:prefix_len]

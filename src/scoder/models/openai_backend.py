@@ -13,7 +13,8 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from scoder.models.base import Chat, Completion, SamplingParams
 
 
 class OpenAIBackend:
+    # the server applies the model's chat template to every request
+    uses_chat_template = True
+
     def __init__(
         self,
         *,
@@ -85,6 +89,18 @@ class OpenAIBackend:
     def use_request_log(self, path: Path) -> None:
         """Keep finished requests in `path` (JSONL) and answer repeated requests from it."""
         self.request_log = path
+
+    def load_adapters(self, adapters: Mapping[str, Path]) -> None:
+        raise ScoderError(
+            "multi-checkpoint sampling needs the checkpoints loaded in process (model.backend="
+            "transformers): this backend cannot attach LoRA adapters to a remote server's model"
+        )
+
+    @contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        if name is not None:
+            self.load_adapters({name: Path(name)})
+        yield
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

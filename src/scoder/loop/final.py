@@ -1,0 +1,127 @@
+"""The final stage: the dataset the last synthesizer writes, then (when asked) a code model tuned
+on it and its evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scoder import train
+from scoder.dataset import data_card, write_dataset
+from scoder.eval import EVALUATOR_VERSION, benchmark_file, run_eval
+from scoder.ledger import Step
+from scoder.loop.context import Run, model_reads, training_reads
+from scoder.loop.inputs import seed_slice
+from scoder.loop.results import CodeModel, Dataset, EvalScore, SeedPool, Synthesizer
+from scoder.loop.rounds import best_per_seed, sample
+from scoder.models import resolve_model
+from scoder.records import Candidate
+from scoder.store import RunDir, file_digest, read_jsonl
+
+
+def final_dataset(
+    run: Run, pool: Step[SeedPool], synthesizer: Step[Synthesizer] | None, rounds_run: int
+) -> Step[Dataset] | None:
+    """The last synthesizer (its last checkpoint) writes K samples on fresh seeds; they are
+    decontaminated, verified and judged (best per seed) and exported with a data card."""
+    config = run.config
+    loop, final = config.loop, config.final
+    if final.samples == 0:
+        return None
+    slice_ = seed_slice(
+        run, pool, "final/seeds", "final", loop.rounds * loop.seeds_per_round, final.samples
+    )
+    sampled = sample(
+        run, "final", "final", slice_, synthesizer, rounds_run + 1, "last", lambda c: c[-1:]
+    )
+    kept = sampled.pool
+    if final.score:
+        kept = best_per_seed(run, "final/score", "final", sampled.pool, True, 0)
+    upstream = list(run.ledger.declared)
+
+    def make(discard: bool) -> Dataset:
+        rows = read_jsonl(run.file(kept.result.candidates), Candidate) if kept.result.count else []
+        writer = synthesizer.result.checkpoints[-1:] if synthesizer else []
+        counts = {
+            s.name: s.result.model_dump(mode="json")
+            for s in upstream
+            if not s.name.endswith(("/summary", "/stop"))
+        }
+        ref = resolve_model(config.model.name, revision=config.model.revision)
+        card = data_card(config, ref, writer[0] if writer else None, rows, counts)
+        write_dataset(run.path / "final", rows, card)
+        return Dataset(samples=len(rows), dataset="final/dataset.jsonl")
+
+    return run.ledger.step(
+        "final/export",
+        Dataset,
+        code="export/1",
+        reads={
+            "final": final.model_dump(mode="json", include={"license", "score"}),
+            "card": {
+                "seeds_source": config.seeds.source,
+                "teacher": config.teacher.model_dump(mode="json"),
+                "loop": loop.model_dump(mode="json"),
+                "model": model_reads(config.model),
+            },
+        },
+        after=upstream,
+        outputs=["final/dataset.jsonl", "final/README.md"],
+        run=make,
+    )
+
+
+def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
+    """Fine-tune the code model (final.code_model_name, else model.name) on the dataset, with
+    the adapter merged so any tool loads it."""
+    config = run.config
+    name = config.final.code_model_name
+    model = config.model.model_copy(update={"name": name}) if name else config.model
+
+    def make(discard: bool) -> CodeModel:
+        _, out = train.run_train(
+            config,
+            run.file(dataset.result.dataset),
+            task="code",
+            merge=True,
+            model=model,
+            run=run.at("code-model"),
+            force=discard,
+        )
+        return CodeModel(model=run.rel(out["merged_model"]), checkpoints=len(out["checkpoints"]))
+
+    return run.ledger.step(
+        "code-model",
+        CodeModel,
+        code=train.VERSION,
+        reads={**training_reads(config), "model": model_reads(model, generation=False)},
+        after=[dataset],
+        outputs=["code-model"],
+        run=make,
+    )
+
+
+def evaluate(
+    run: Run, tuned: Step[CodeModel], benchmark: str, backend: Callable
+) -> Step[EvalScore]:
+    """`scoder eval` of the code model on one benchmark (RUN/eval/<benchmark>/)."""
+    config = run.config
+
+    def make(discard: bool) -> EvalScore:
+        result = run_eval(config, benchmark, run=RunDir(run.path), backend=backend(), force=discard)
+        return EvalScore(
+            pass_at_k=result.results["pass_at_k"], results=run.rel(result.results_path)
+        )
+
+    return run.ledger.step(
+        f"eval/{benchmark}",
+        EvalScore,
+        code=EVALUATOR_VERSION,
+        reads={
+            "eval": config.eval.model_dump(mode="json"),
+            "benchmark_file": file_digest(benchmark_file(config, benchmark)),
+            "random_seed": config.random_seed,
+        },
+        after=[tuned],
+        outputs=[f"eval/{benchmark}"],
+        run=make,
+    )

@@ -1,0 +1,225 @@
+"""Run model-written Python (a solution plus its assert tests) in a sandbox, one process per program.
+
+The code is hostile until it has run here. Each program gets one fresh interpreter (`python -I -S`)
+running a small harness (`scoder.sandbox.harness`): it reads its job from stdin (then swaps stdin for /dev/null), sets the
+rlimits, compiles and runs the solution (optimize=0: asserts stay), then the test statements one at
+a time, and reports each step on a dedicated pipe, every record tagged with a random nonce that the
+program never sees on any channel it writes to. A run without a valid final record is never
+"passed". `split_tests` decides what a test is: a top-level statement that runs an assert (or calls
+a top-level function of the tests that asserts, as in HumanEval's `check(candidate)`).
+
+Isolation levels, strongest first (`available_isolation` probes them once and keeps the first that
+really runs a program here):
+
+- ``bwrap``: bubblewrap with every namespace unshared (no network, own pid namespace, nested user
+  namespaces disabled), a read-only root holding only /usr (plus the /lib, /lib64, /bin links) and
+  the interpreter's prefix, a fresh work dir bound as /tmp (also cwd and HOME), a cleared
+  environment, uid 65534 inside, no_new_privs.
+- ``unshare``: user + pid + net + mount + ipc + uts namespaces via unshare(1), /proc remounted, the
+  work dir bound over /tmp, fresh tmpfs over /var/tmp and /dev/shm. NOT isolated: the rest of the
+  host filesystem is visible, readable as "other" would read it and writable where "other" may
+  write; SysV/abstract-socket names are private (ipc + net namespaces) but not the filesystem's.
+- ``rlimits``: a plain child process with the rlimits, a cleared environment and a fresh cwd and
+  HOME. No namespaces: it shares the network and the whole filesystem.
+
+Every level sets RLIMIT_CPU (about the timeout), RLIMIT_AS (memory_mb), RLIMIT_NPROC (64),
+RLIMIT_FSIZE (16 MiB per file; the total written to the work dir is not capped), RLIMIT_CORE (0) and
+RLIMIT_NOFILE (256). The parent enforces the wall clock, reads stderr with a cap (stdout goes to
+/dev/null: ExecResult has no field for it, so nothing can fill or block), and kills everything the
+program started when it ends: the pid namespace dies with its first process (bwrap, unshare); for
+rlimits, the session is killed and so is every process of the run's uid.
+
+When we are root, every run also gets a random unprivileged uid of its own (why, and how the
+interpreter stays reachable for it: `scoder.sandbox.isolation`).
+
+What the in-process harness cannot stop: code that deliberately walks the harness's frames (or uses
+gc/ctypes) can read the nonce and forge a report; a solution returning an object equal to anything
+passes `assert f(x) == y`. It does stop the accidental and the crude: prints, writes to any fd,
+sys.exit/os._exit, forks (only the original process reports), patched builtins (restored before
+every test statement), trace hooks, tests raising SystemExit/KeyboardInterrupt/BaseException.
+
+Linux only (namespaces, pidfd).
+
+The package, one concern a module: `statements` (what a test is), `harness` (what runs inside),
+`isolation` (where and as whom it runs), `process` (the process seen from the host), `verdict` (what
+came of it), `result` (what the caller gets back); this module runs programs with them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Literal
+
+from tqdm.auto import tqdm
+
+from scoder.sandbox.isolation import build_launch, cpu_count, get_host, rlimits, work_dir
+from scoder.sandbox.process import Process
+from scoder.sandbox.result import (
+    LEVELS,
+    ExecResult,
+    ExecStatus,
+    IsolationLevel,
+    SandboxError,
+    one_line,
+)
+from scoder.sandbox.statements import SplitTests, split_tests
+from scoder.sandbox.verdict import judge
+
+__all__ = [
+    "LEVELS",
+    "ExecResult",
+    "ExecStatus",
+    "IsolationLevel",
+    "SandboxError",
+    "SplitTests",
+    "available_isolation",
+    "run_many",
+    "run_program",
+    "split_tests",
+]
+
+_probed: dict[str, str] = {}  # level -> "" when it works, else why not
+_probe_lock = threading.Lock()
+
+
+def _execute(
+    code: str,
+    tests: str,
+    timeout_s: float,
+    memory_mb: int,
+    level: IsolationLevel,
+    cancel: threading.Event | None = None,
+) -> ExecResult:
+    start = time.perf_counter()
+    plan = split_tests(tests)
+
+    def result(status: ExecStatus, passed: int, stderr: str, detail: str) -> ExecResult:
+        wall = time.perf_counter() - start
+        return ExecResult(status, plan.tests_total, passed, wall, level, stderr, detail)
+
+    if plan.error:
+        return result("error", 0, "", plan.error)
+    if plan.tests_total == 0:
+        return result("error", 0, "", "no tests")
+
+    host = get_host()
+    with work_dir(host) as (work, uid):
+        launch = build_launch(level, host, work, uid)
+        nonce = secrets.token_hex(16)
+        job = (launch.cwd, rlimits(timeout_s, memory_mb), launch.sweep, code, plan.statements)
+        try:
+            outcome = Process(launch, nonce, job, cancel).run(timeout_s)
+        except OSError as e:  # e.g. out of processes or fds: not the program's doing
+            return result("error", 0, "", one_line(f"sandbox failed to start: {one_line(e)}"))
+    status, passed, detail = judge(plan, outcome, launch, timeout_s)
+    return result(status, passed, outcome.stderr, detail)
+
+
+def _probe(level: IsolationLevel) -> str:
+    """Why `level` cannot run a trivial program here ("" when it can). Cached."""
+    with _probe_lock:
+        if level not in _probed:
+            _probed[level] = _try_level(level)
+        return _probed[level]
+
+
+def _try_level(level: IsolationLevel) -> str:
+    if not hasattr(os, "pidfd_open"):
+        return "needs Linux >= 5.3 (pidfd_open)"
+    host = get_host()
+    needed = {"bwrap": ["bwrap"], "unshare": ["unshare"], "rlimits": []}[level]
+    if host.as_root:
+        needed += ["setpriv", "kill"] + (["nsenter"] if host.hidden else [])
+    missing = [name for name in needed if not host.tools[name]]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        res = _execute("x = 1", "assert x == 1", 30.0, 512, level)
+    except (OSError, SandboxError, subprocess.SubprocessError) as e:
+        return one_line(e)
+    if res.status != "passed":
+        return one_line(f"{res.status}: {res.detail} {res.stderr}")
+    return ""
+
+
+def available_isolation() -> IsolationLevel:
+    """The strongest isolation level that actually runs a program here (probed once, cached)."""
+    reasons = []
+    for level in LEVELS:
+        why = _probe(level)
+        if not why:
+            return level
+        reasons.append(f"{level}: {why}")
+    raise SandboxError("no sandbox works here: " + "; ".join(reasons))
+
+
+def _resolve(isolation: IsolationLevel | Literal["auto"]) -> IsolationLevel:
+    if isolation == "auto":
+        return available_isolation()
+    if isolation not in LEVELS:
+        raise ValueError(f"unknown isolation level {isolation!r}; expected one of {LEVELS}")
+    why = _probe(isolation)
+    if why:
+        raise SandboxError(f"isolation {isolation!r} does not work here: {why}")
+    return isolation
+
+
+def run_program(
+    code: str,
+    tests: str,
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    isolation: IsolationLevel | Literal["auto"] = "auto",
+) -> ExecResult:
+    """Run `code`, then the test statements of `tests`, in one sandboxed process."""
+    return _execute(code, tests, timeout_s, memory_mb, _resolve(isolation))
+
+
+def run_many(
+    programs: Sequence[tuple[str, str]],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
+    isolation: IsolationLevel | Literal["auto"] = "auto",
+    progress: bool = False,
+) -> list[ExecResult]:
+    """Run (code, tests) pairs on a pool of `workers` threads (default: one per core), each waiting
+    on one sandboxed process. Results come back in input order."""
+    level = _resolve(isolation)
+    programs = list(programs)
+    results: list[ExecResult | None] = [None] * len(programs)
+    if not programs:
+        return []
+    cancel = threading.Event()
+    futures: dict = {}
+    bar = None
+    if progress:
+        bar = tqdm(total=len(programs), desc="executing", unit="prog")
+    pool = ThreadPoolExecutor(max_workers=workers or cpu_count(), thread_name_prefix="sandbox")
+    try:
+        futures = {
+            pool.submit(_execute, code, tests, timeout_s, memory_mb, level, cancel): i
+            for i, (code, tests) in enumerate(programs)
+        }
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if bar is not None:
+                bar.update()
+    except BaseException:
+        cancel.set()  # running programs are killed at once, queued ones never start
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if bar is not None:
+            bar.close()
+    return results  # type: ignore[return-value]
