@@ -69,7 +69,9 @@ def seed_pool(run: Run) -> Step[SeedPool]:
     )
 
 
-def seed_slice(run: Run, pool: Step[SeedPool], name: str, where: str, start: int, count: int):
+def seed_slice(
+    run: Run, pool: Step[SeedPool], name: str, where: str, start: int, count: int
+) -> Step[Seeds]:
     """A fresh slice of the pool for one round (or the final stage)."""
 
     def make(discard: bool) -> Seeds:
