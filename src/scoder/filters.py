@@ -11,7 +11,7 @@ files, the same counts, in every stage.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, get_args
@@ -53,6 +53,10 @@ class Partition(Generic[R]):
 
     kept: list[R] = field(default_factory=list)
     dropped: list[R] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[list[R]]:
+        """`kept, dropped = partition`."""
+        return iter((self.kept, self.dropped))
 
     @classmethod
     def of(cls, records: Iterable[R]) -> Partition[R]:

@@ -1,156 +1,35 @@
-"""OSS-Instruct-style synthesis: seed snippet -> problem, solution and tests; plus the parser.
+"""OSS-Instruct-style synthesis: seed snippet -> problem, solution and tests.
 
-The model's answer is hostile text: every way it can be malformed (missing section, no code fence,
-chatter, truncation, code that does not parse) ends as a rejected candidate with a reason, never an
-exception. Generation is done in chunks of seeds, each saved as it finishes, so a killed run
-resumes after the last saved chunk.
+The prompt ends with the request (a user turn), so any chat-completions server answers it; a
+backend that can continue an assistant message (in process, vLLM, `scoder serve`) is also given the
+start of the answer (`### Problem`), which small models need to keep the format
+(`synthesis.prefill`; recorded in every candidate's `sampling`). The answer is hostile text:
+`scoder.parsing` reads it or gives the precise reason it cannot be used, and the candidate keeps
+its raw output either way. Generation is done in chunks of seeds, each saved as it finishes, so a
+killed run resumes after the last saved chunk.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from scoder.config import Config, SynthesisConfig
 from scoder.errors import ScoderError
-from scoder.filters import DropReasons, Partition
+from scoder.filters import Partition
 from scoder.models import GenerationBackend, load_backend
 from scoder.models.base import Completion, SamplingParams
-from scoder.records import Candidate, Drop, Seed
+from scoder.parsing import SYNTHESIS, Parsed, parse_synthesis
+from scoder.records import Candidate, Seed
 from scoder.store import RunDir, StoreError, file_digest, fingerprint, read_jsonl, resumable_chunks
 from scoder.templates import SYNTHESIS_TEMPLATES, SynthesisTemplate
 
 STAGE = "synthesize"
 VERSION = "synthesize/1"  # bump when the same config and model would give other candidates
-SynthesisDrop = Literal[
-    "empty_output",
-    "missing_problem",
-    "empty_problem",
-    "missing_solution",
-    "unclosed_solution_fence",
-    "empty_solution",
-    "solution_syntax_error",
-    "missing_tests",
-    "unclosed_tests_fence",
-    "empty_tests",
-    "tests_syntax_error",
-    "tests_without_assert",
-    "truncated",
-]
-REASONS = DropReasons(STAGE, SynthesisDrop)
-
-_HEADER = re.compile(
-    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__|\[)?[ \t]*"
-    r"(?P<name>problem(?:[ \t]+statement)?|solution|(?:unit[ \t]+)?tests?|[a-z][a-z ]{0,30}?)"
-    r"[ \t]*(?:\*\*|__|\])?[ \t]*:?[ \t]*(?:\*\*|__)?[ \t]*$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_MARKDOWN_HEADER = re.compile(r"^[ \t]*#{1,6}[ \t]+\S", re.MULTILINE)
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[ \t]*$", re.MULTILINE)
-
-
-@dataclass
-class Parsed:
-    problem: str
-    solution: str
-    tests: str
-
-
-class ParseFailure(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def parse_synthesis(text: str, finish_reason: str = "stop") -> Parsed | Drop:
-    """Split an answer into problem / solution / tests, or say why it cannot be used."""
-    try:
-        return _parse(text)
-    except ParseFailure as failure:
-        if finish_reason == "length":
-            detail = f"hit max_new_tokens; {failure.reason}: {failure.detail}"
-            return REASONS.make("truncated", detail)
-        return REASONS.make(failure.reason, failure.detail)
-
-
-def _parse(text: str) -> Parsed:
-    if not text.strip():
-        raise ParseFailure("empty_output")
-    sections = _sections(text)
-    problem = sections.get("problem")
-    if problem is None:
-        raise ParseFailure("missing_problem", "no 'Problem' section")
-    problem = problem.strip()
-    if not problem:
-        raise ParseFailure("empty_problem", "the 'Problem' section is empty")
-    if "solution" not in sections:
-        raise ParseFailure("missing_solution", "no 'Solution' section")
-    solution = _code_of(sections["solution"], "solution")
-    if "tests" not in sections:
-        raise ParseFailure("missing_tests", "no 'Tests' section")
-    tests = _code_of(sections["tests"], "tests")
-    if not any(isinstance(node, ast.Assert) for node in ast.walk(ast.parse(tests))):
-        raise ParseFailure("tests_without_assert", "the tests contain no assert statement")
-    return Parsed(problem=problem, solution=solution, tests=tests)
-
-
-def _sections(text: str) -> dict[str, str]:
-    """First occurrence of each known section -> its body (up to the next header line)."""
-    headers = []
-    in_fence = False
-    offset = 0
-    for line in text.splitlines(keepends=True):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        elif not in_fence and (m := _HEADER.match(line.rstrip("\r\n"))):
-            is_known = _canonical(m.group("name")) is not None
-            # Unknown words count as headers only in markdown-header form ("### Explanation").
-            if is_known or _MARKDOWN_HEADER.match(line):
-                headers.append((offset, offset + len(line), _canonical(m.group("name"))))
-        offset += len(line)
-    out: dict[str, str] = {}
-    for k, (_, body_start, name) in enumerate(headers):
-        end = headers[k + 1][0] if k + 1 < len(headers) else len(text)
-        if name and name not in out:
-            out[name] = text[body_start:end]
-    return out
-
-
-def _canonical(name: str) -> str | None:
-    name = " ".join(name.lower().split())
-    if name in ("problem", "problem statement"):
-        return "problem"
-    if name == "solution":
-        return "solution"
-    if name in ("test", "tests", "unit test", "unit tests"):
-        return "tests"
-    return None
-
-
-def _code_of(body: str, what: str) -> str:
-    """The first code block of a section (or the whole body when it has no fence), parsed."""
-    fences = list(_FENCE.finditer(body))
-    if fences:
-        opening = fences[0]
-        if len(fences) < 2:
-            raise ParseFailure(f"unclosed_{what}_fence", "code block opened but never closed")
-        code = body[opening.end() : fences[1].start()].strip("\n")
-    else:
-        code = body.strip("\n")
-    if not code.strip():
-        raise ParseFailure(f"empty_{what}", f"the {what} has no code")
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError) as exc:
-        raise ParseFailure(f"{what}_syntax_error", f"{type(exc).__name__}: {exc}") from None
-    return code
+REASONS = SYNTHESIS  # declared with the parser that finds them (scoder.parsing)
 
 
 @dataclass
@@ -175,19 +54,23 @@ def synthesize(
     random_seed: int = 0,
     round: int = 0,
     checkpoint: str = "base",
+    stream: int = 0,
 ) -> SynthesisResult:
-    """N samples per seed from one model (checkpoint); each chunk saved under `parts_dir`."""
+    """N samples per seed from one model (checkpoint); each chunk saved under `parts_dir`.
+    `stream` gives each checkpoint a random stream of its own."""
     template = SYNTHESIS_TEMPLATES[cfg.template]
+    prefill = cfg.prefill == "auto" and backend.capabilities().continuation
     model = backend.describe()
     result = SynthesisResult()
 
     def produce(number: int, chunk: Sequence[Seed]) -> list[Candidate]:
-        params = SamplingParams.for_chunk(cfg, random_seed, number)
+        params = SamplingParams.for_chunk(cfg, random_seed, number, stream)
         started = time.perf_counter()
-        outputs = backend.generate([template.chat(s.text) for s in chunk], cfg.n, params)
+        chats = [template.chat(s.text, prefill=prefill) for s in chunk]
+        outputs = backend.generate(chats, cfg.n, params)
         result.generation_seconds += time.perf_counter() - started
         candidates = [
-            make_candidate(seed, completion, j, template, model, params, round, checkpoint)
+            make_candidate(seed, completion, j, template, model, params, round, checkpoint, prefill)
             for seed, completions in zip(chunk, outputs)
             for j, completion in enumerate(completions)
         ]
@@ -217,8 +100,9 @@ def make_candidate(
     params: SamplingParams,
     round: int,
     checkpoint: str,
+    prefill: bool = False,
 ) -> Candidate:
-    raw = template.response_prefix + completion.text
+    raw = (template.response_prefix if prefill else "") + completion.text
     parsed = parse_synthesis(raw, completion.finish_reason)
     fields = (
         {"problem": parsed.problem, "solution": parsed.solution, "tests": parsed.tests}
@@ -237,7 +121,7 @@ def make_candidate(
         model_digest=model["digest"],
         template=template.id,
         template_digest=template.digest,
-        sampling=params.to_dict(),
+        sampling={**params.to_dict(), "prefill": prefill},
         raw_output=raw,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
@@ -315,7 +199,7 @@ def run_synthesize(
             backend.load_adapters(named)
         result = SynthesisResult()
         # Without checkpoints, the loaded model is the one "base" checkpoint.
-        for name in named or ["base"]:
+        for stream, name in enumerate(named or ["base"]):
             with backend.adapter(name if named else None):
                 part = synthesize(
                     seeds,
@@ -325,6 +209,7 @@ def run_synthesize(
                     random_seed=config.random_seed,
                     round=round_number,
                     checkpoint=name,
+                    stream=stream,
                 )
             result.accepted += part.accepted
             result.rejected += part.rejected
@@ -347,6 +232,7 @@ def run_synthesize(
             "resumed_chunks": result.resumed_chunks,
         }
         record.info["model"] = backend.describe()  # with the token usage (and cost) of API backends
+        record.info["capabilities"] = backend.capabilities().to_dict()
         record.info["throughput"] = {
             "generated_tokens": result.generated_tokens,
             "generation_seconds": round(result.generation_seconds, 3),

@@ -19,8 +19,8 @@ class SynthesisTemplate:
     """Synthesis prompt p: a seed snippet c in, a problem q, solution s and tests t out.
 
     `example_*` is one worked exchange shown before the real request (small models follow a
-    format far better after seeing it once); `response_prefix` starts the model's answer so the
-    first section header is never missing.
+    format far better after seeing it once); `response_prefix` starts the model's answer, where
+    the backend can continue one, so the first section header is never missing.
     """
 
     id: str
@@ -42,14 +42,18 @@ class SynthesisTemplate:
             text += f"\n\n### Tests\n```python\n{tests.strip()}\n```"
         return text
 
-    def chat(self, snippet: str) -> Chat:
-        return [
+    def chat(self, snippet: str, *, prefill: bool = False) -> Chat:
+        """The request for `snippet`; with `prefill`, the answer's first line too (for a backend
+        that continues an assistant message)."""
+        chat = [
             {"role": "system", "content": self.system},
             {"role": "user", "content": self.user.format(snippet=self.example_snippet)},
             {"role": "assistant", "content": self.example_answer},
             {"role": "user", "content": self.user.format(snippet=snippet.strip("\n"))},
-            {"role": "assistant", "content": self.response_prefix},
         ]
+        if prefill:
+            chat.append({"role": "assistant", "content": self.response_prefix})
+        return chat
 
 
 OSS_INSTRUCT_V1 = SynthesisTemplate(
@@ -109,8 +113,12 @@ def render_plain(chat: Chat) -> str:
 
     Training (`scoder train`) and generation (the transformers backend) both use this, so a base
     model fine-tuned on it is prompted the way it was trained. A chat ending in a user turn opens
-    a response; one ending in an assistant turn is continued from its text.
+    a response; one ending in an assistant turn is continued from its text. A chat of one
+    assistant message alone is plain text to continue (a benchmark prompt completed the way a base
+    model is evaluated), with no transcript around it.
     """
+    if len(chat) == 1 and chat[0]["role"] == "assistant":
+        return chat[0]["content"]
     parts = []
     for message in chat:
         role, content = message["role"], message["content"]
@@ -128,20 +136,17 @@ def render_plain(chat: Chat) -> str:
 
 @dataclass(frozen=True)
 class JudgeTemplate:
-    """Judge prompt: a candidate in, one integer 0-9 per aspect out, as a JSON object.
+    """Judge prompt: a candidate in, one integer 0-9 per aspect out, as one JSON object.
 
-    The example shows a weak candidate with varied scores so a small judge does not learn to copy
-    one number; `chat` starts the answer with `{"<first aspect>": ` so the JSON is never missing.
+    No worked example: a small judge shown one copies its numbers (the 0.5B coder gave every
+    candidate the example's five scores). The request ends the chat, so any server answers it; the
+    answer's fixed shape (`answer_steps`) lets a backend that scores choices read the probability
+    of every digit for every aspect instead (scoder.score).
     """
 
     id: str
     system: str
     user: str
-    example_problem: str
-    example_solution: str
-    example_tests: str
-    example_seed: str
-    example_scores: tuple[int, ...]
 
     @property
     def digest(self) -> str:
@@ -152,39 +157,34 @@ class JudgeTemplate:
         self, aspects: list[tuple[str, str]], problem: str, solution: str, tests: str, seed: str
     ) -> Chat:
         listing = "\n".join(f"- {name}: {description}" for name, description in aspects)
-        example_scores = {
-            name: self.example_scores[i % len(self.example_scores)]
-            for i, (name, _) in enumerate(aspects)
+        shape = "{" + ", ".join(f"{json.dumps(name)}: <0-9>" for name, _ in aspects) + "}"
+        request = self.user.format(
+            aspects=listing, problem=problem, solution=solution, tests=tests, seed=seed, shape=shape
+        )
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": request}]
+
+    @staticmethod
+    def answer_steps(names: list[str]) -> tuple[str, list[str]]:
+        """The answer's opening, and the fixed text before each aspect's value: `{` then
+        `"consistency":`, `, "correctness":` ... (each value a digit token after it)."""
+        return "{", [(", " if i else "") + json.dumps(name) + ":" for i, name in enumerate(names)]
+
+    @staticmethod
+    def json_schema(names: list[str]) -> dict:
+        """The answer as a JSON schema, for servers that enforce one."""
+        score = {"type": "integer", "minimum": 0, "maximum": 9}
+        return {
+            "type": "object",
+            "properties": dict.fromkeys(names, score),
+            "required": list(names),
+            "additionalProperties": False,
         }
-        example_answer = json.dumps(example_scores)
-        first = aspects[0][0]
-        return [
-            {"role": "system", "content": self.system},
-            {
-                "role": "user",
-                "content": self.user.format(
-                    aspects=listing,
-                    problem=self.example_problem,
-                    solution=self.example_solution,
-                    tests=self.example_tests,
-                    seed=self.example_seed,
-                ),
-            },
-            {"role": "assistant", "content": example_answer},
-            {
-                "role": "user",
-                "content": self.user.format(
-                    aspects=listing, problem=problem, solution=solution, tests=tests, seed=seed
-                ),
-            },
-            {"role": "assistant", "content": "{" + json.dumps(first) + ": "},
-        ]
 
 
-JUDGE_V1 = JudgeTemplate(
-    id="judge-v1",
+JUDGE_V2 = JudgeTemplate(
+    id="judge-v2",
     system="You are a strict reviewer of Python programming exercises. You answer with JSON only.",
-    user="""Rate this programming exercise. Give each aspect an integer from 0 (very bad) to 9 (excellent):
+    user="""Rate this programming exercise on each aspect below with an integer from 0 (very bad) to 9 (excellent). Use the whole scale, and judge each aspect on its own:
 {aspects}
 
 Seed snippet that inspired it:
@@ -205,15 +205,11 @@ Tests:
 {tests}
 ```
 
-Answer with one JSON object mapping each aspect name to its integer score.""",
-    example_problem="Write a function `count_vowels(s)` that returns the number of vowels in `s`.",
-    example_solution="def count_vowels(s):\n    return len(s)",
-    example_tests='assert count_vowels("abc") == 3',
-    example_seed="def is_vowel(ch):\n    return ch.lower() in 'aeiou'",
-    example_scores=(2, 3, 8, 7, 4),
+Answer with this one JSON object and nothing else:
+{shape}""",
 )
 
-JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {t.id: t for t in (JUDGE_V1,)}
+JUDGE_TEMPLATES: dict[str, JudgeTemplate] = {t.id: t for t in (JUDGE_V2,)}
 
 
 class EvalTask(Protocol):

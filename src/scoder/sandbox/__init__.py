@@ -68,7 +68,7 @@ from scoder.sandbox.result import (
     SandboxError,
     one_line,
 )
-from scoder.sandbox.statements import SplitTests, split_tests
+from scoder.sandbox.statements import SplitTests, is_assertion, split_tests
 from scoder.sandbox.verdict import judge
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "SandboxError",
     "SplitTests",
     "available_isolation",
+    "is_assertion",
     "run_many",
     "run_program",
     "split_tests",

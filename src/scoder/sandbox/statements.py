@@ -39,9 +39,21 @@ def _executed_nodes(node: ast.AST) -> Iterator[ast.AST]:
         stack.extend(ast.iter_child_nodes(n))
 
 
+def is_assertion(node: ast.AST) -> bool:
+    """An `assert` statement, or a unittest assertion (`self.assertEqual(...)`, `self.fail()`)."""
+    if isinstance(node, ast.Assert):
+        return True
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and (node.func.attr.startswith("assert") or node.func.attr == "fail")
+    )
+
+
 def _checkers(body: list[ast.stmt]) -> set[str]:
-    """Top-level functions whose call runs an assert (HumanEval's `def check(...)`), transitively."""
-    defs = {s.name: s for s in body if isinstance(s, _DEFS)}
+    """Top-level functions whose call runs an assert (HumanEval's `def check(...)`), and classes
+    whose methods assert (a unittest TestCase: `Case("test_x").debug()` runs one), transitively."""
+    defs = {s.name: s for s in body if isinstance(s, (*_DEFS, ast.ClassDef))}
     found: set[str] = set()
     changed = True
     while changed:
@@ -54,7 +66,7 @@ def _checkers(body: list[ast.stmt]) -> set[str]:
 
 
 def _asserts(node: ast.AST, checkers: set[str]) -> bool:
-    if isinstance(node, ast.Assert):
+    if is_assertion(node):
         return True
     return (
         isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in checkers
@@ -64,8 +76,10 @@ def _asserts(node: ast.AST, checkers: set[str]) -> bool:
 def split_tests(tests: str) -> SplitTests:
     """Top-level statements of `tests`: one that runs an assert is a test, the rest is setup.
 
-    "Runs an assert": contains an `assert` outside any nested function body, or calls a top-level
-    function of `tests` that asserts. So `def check(f): assert ...` is setup and `check(f)` the test.
+    "Runs an assert": contains an `assert` (or a unittest assertion) outside any nested function
+    body, or calls a top-level function or class of `tests` that asserts. So `def check(f): assert
+    ...` is setup and `check(f)` the test; `class T(unittest.TestCase)` is setup and
+    `T("test_x").debug()` a test.
     """
     try:
         tree = ast.parse(tests, "<tests>")
