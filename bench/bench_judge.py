@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from scoder.config import ScoreConfig
+from scoder.judge import judge
 from scoder.models import resolve_model
 from scoder.models.hf import TransformersBackend
 from scoder.records import Candidate, SeedSource
-from scoder.score import judge
 
 
 def mbpp_candidates(path: Path, count: int) -> list[Candidate]:

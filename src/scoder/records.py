@@ -72,9 +72,20 @@ class Judgement(_Record):
     """A judge's integer scores per aspect, or why there are none."""
 
     scores: dict[str, int] | None = None
+    # the expected score per aspect over the judge's probabilities of the digits 0-9 (G-Eval),
+    # where the backend gives them: what the weighted score uses, for its resolution
+    expected: dict[str, float] | None = None
+    method: Literal["choices", "logprobs", "text"] | None = None  # how the scores were read
     reason: str | None = None  # why unscored, after the retry
     attempts: int = 1
     raw: list[str] = []
+
+    @property
+    def values(self) -> dict[str, float] | None:
+        """The scores the weighted score is made of: expected values when there are any."""
+        if self.expected is not None:
+            return self.expected
+        return {k: float(v) for k, v in self.scores.items()} if self.scores is not None else None
 
 
 class DpSample(_Record):

@@ -3,8 +3,8 @@
 1. verification: each candidate's solution runs against its own tests in the sandbox; tests that
    prove nothing (no assert, only constant asserts, never touching the solution) are marked
    vacuous, and a pass with them is not trusted;
-2. judging: a judge model rates Z aspects 0-9 as JSON; an unusable answer is retried once, then the
-   candidate is recorded as unscored with the reason (never a silent 0);
+2. judging (judge.py): a judge model rates Z aspects 0-9; an unusable answer is retried once,
+   then the candidate is recorded as unscored with the reason (never a silent 0);
 3. weights: score = sum_z w_z x_z, equal weights by default, or fitted to labels;
 4. selection: the highest score per seed (ties: higher pass rate, then id), optionally requiring a
    trusted pass and a minimum score; every other candidate is kept with its reason;
@@ -29,10 +29,10 @@ import numpy as np
 from scoder.config import Config, ScoreConfig
 from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
+from scoder.judge import judge
 from scoder.models import GenerationBackend, load_backend
-from scoder.models.base import SamplingParams
-from scoder.records import Candidate, Execution, Judgement, load_candidates
-from scoder.sandbox import available_isolation, run_many
+from scoder.records import Candidate, Execution, load_candidates
+from scoder.sandbox import available_isolation, is_assertion, run_many
 from scoder.store import (
     RunDir,
     file_digest,
@@ -66,16 +66,23 @@ def vacuous_tests(solution: str, tests: str) -> str | None:
         tree = ast.parse(tests)
     except (SyntaxError, ValueError):
         return "tests do not parse"
-    asserts = [node for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    asserts = [node for node in ast.walk(tree) if is_assertion(node)]
     if not asserts:
         return "no assert statement"
-    if all(_is_constant(a.test) for a in asserts):
+    if all(_constant_assertion(a) for a in asserts):
         return "every assert is constant (e.g. assert True)"
     defined = _defined_names(solution)
-    used = {n.id for a in asserts for n in ast.walk(a.test) if isinstance(n, ast.Name)}
+    used = {n.id for a in asserts for n in ast.walk(a) if isinstance(n, ast.Name)}
     if defined and not used & defined:
         return "no assert uses a name the solution defines"
     return None
+
+
+def _constant_assertion(node: ast.AST) -> bool:
+    if isinstance(node, ast.Assert):
+        return _is_constant(node.test)
+    args = [*node.args, *(k.value for k in node.keywords)]  # self.assertTrue(True)
+    return all(_is_constant(a) for a in args)
 
 
 def _is_constant(expr: ast.AST) -> bool:
@@ -123,76 +130,6 @@ def verify(candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[Execution]
     ]
 
 
-# ----------------------------------------------------------------------------- judging
-
-
-def parse_judgement(text: str, aspects: Sequence[str]) -> tuple[dict[str, int] | None, str | None]:
-    """(scores, None) for a usable answer, else (None, reason)."""
-    start = text.find("{")
-    if start < 0:
-        return None, "malformed_json: no JSON object"
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
-    except json.JSONDecodeError as exc:
-        return None, f"malformed_json: {exc.msg}"
-    if not isinstance(obj, dict):
-        return None, "malformed_json: not an object"
-    missing = [a for a in aspects if a not in obj]
-    if missing:
-        return None, f"missing_aspects: {', '.join(missing)}"
-    scores: dict[str, int] = {}
-    for name in aspects:
-        value = obj[name]
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"non_integer: {name}={value!r}"
-        if not 0 <= value <= 9:
-            return None, f"out_of_range: {name}={value}"
-        scores[name] = value
-    return scores, None
-
-
-def judge(
-    candidates: Sequence[Candidate],
-    backend: GenerationBackend,
-    cfg: ScoreConfig,
-    *,
-    seed: int = 0,
-) -> list[Judgement]:
-    """One batched greedy pass over all candidates, then one sampled retry of the failures."""
-    template = JUDGE_TEMPLATES[cfg.template]
-    aspects = [(a.name, a.description) for a in cfg.aspects]
-    names = [a.name for a in cfg.aspects]
-    chats = [
-        template.chat(aspects, c.problem or "", c.solution or "", c.tests or "", c.seed_text)
-        for c in candidates
-    ]
-    prefixes = [chat[-1]["content"] for chat in chats]
-    judgements = [Judgement(raw=[]) for _ in candidates]
-    pending = list(range(len(candidates)))
-    for attempt, temperature in enumerate((0.0, cfg.retry_temperature), start=1):
-        if not pending:
-            break
-        params = SamplingParams(
-            temperature=temperature,
-            top_p=1.0,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=seed + attempt,
-        )
-        outputs = backend.generate([chats[i] for i in pending], 1, params)
-        still = []
-        for i, (completion,) in zip(pending, outputs):
-            raw = prefixes[i] + completion.text
-            scores, reason = parse_judgement(raw, names)
-            j = judgements[i]
-            j.raw.append(raw)
-            j.attempts = attempt
-            j.scores, j.reason = scores, reason
-            if scores is None:
-                still.append(i)
-        pending = still
-    return judgements
-
-
 # ----------------------------------------------------------------------------- weights
 
 
@@ -202,7 +139,8 @@ def feature_names(cfg: ScoreConfig, weights: dict[str, float]) -> list[str]:
 
 
 def features(c: Candidate, names: Sequence[str]) -> list[float] | None:
-    if c.judge is None or c.judge.scores is None:
+    values = c.judge.values if c.judge is not None else None
+    if values is None:
         return None
     row = []
     for name in names:
@@ -210,7 +148,7 @@ def features(c: Candidate, names: Sequence[str]) -> list[float] | None:
             trusted = c.execution is not None and c.execution.vacuous is None
             row.append(9.0 * c.execution.pass_rate if trusted else 0.0)
         else:
-            row.append(float(c.judge.scores[name]))
+            row.append(float(values[name]))
     return row
 
 
@@ -437,7 +375,7 @@ def calibration(candidates: Sequence[Candidate], names: Sequence[str]) -> dict[s
     if len(rows) < 2 or passed.all() or not passed.any():
         out["note"] = "needs both passing and failing scored candidates"
         return out
-    columns = {name: np.array([c.judge.scores[name] for c in rows], dtype=float) for name in names}
+    columns = {name: np.array([c.judge.values[name] for c in rows], dtype=float) for name in names}
     columns["score"] = np.array([c.score for c in rows], dtype=float)
     for name, values in columns.items():
         u = mannwhitneyu(values[passed], values[~passed], alternative="two-sided").statistic
@@ -515,6 +453,7 @@ def run_score(
         include={
             "judge",
             "template",
+            "scoring",
             "aspects",
             "max_new_tokens",
             "retry_temperature",
@@ -570,6 +509,10 @@ def run_score(
             "per_checkpoint": _per_checkpoint(scored, selected),
             "execution_status": dict(Counter(c.execution.status for c in scored if c.execution)),
             "vacuous_tests": sum(1 for c in scored if c.execution and c.execution.vacuous),
+            "unscored_rate": round(sum(c.score is None for c in scored) / len(scored), 4)
+            if scored
+            else None,
+            "judge_methods": dict(Counter(c.judge.method for c in scored if c.judge)),
             "unscored_reasons": dict(
                 Counter(
                     (c.judge.reason or "").split(":")[0]
@@ -580,7 +523,7 @@ def run_score(
             "mean_aspect_scores": {
                 n: round(
                     float(
-                        np.mean([c.judge.scores[n] for c in scored if c.judge and c.judge.scores])
+                        np.mean([c.judge.values[n] for c in scored if c.judge and c.judge.scores])
                     ),
                     3,
                 )
@@ -610,6 +553,9 @@ def run_score(
                 "template": {"id": template.id, "digest": template.digest},
                 "weights": weights_info,
                 "calibration": summary["calibration"],
+                "judging": {
+                    k: summary[k] for k in ("unscored_rate", "judge_methods", "unscored_reasons")
+                },
                 "timings": {k: round(v, 3) for k, v in timings.items()},
             }
         )
