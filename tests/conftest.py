@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO / "bench"))  # the servers on loopback that benchmarks use too
+
+from servers import scoder_serve, transformers_serve  # noqa: E402
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -141,12 +140,6 @@ def no_network(monkeypatch):
     return attempts
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def adapter_dir(tiny_model_dir, tmp_path_factory):
     import torch
@@ -168,40 +161,15 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(tiny_model_dir, adapter_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scoder.cli",
-            "serve",
-            "--model",
-            str(tiny_model_dir),
-            "--served-model-name",
-            "tiny",
-            "--adapter",
-            f"ckpt1={adapter_dir}",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"scoder serve died: {proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as r:
-                json.load(r)
-            break
-        except OSError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    """`scoder serve` over the tiny model, with one adapter served as `ckpt1`."""
+    with scoder_serve(str(tiny_model_dir), "tiny", "--adapter", f"ckpt1={adapter_dir}") as served:
+        yield served[0]
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tiny_model_dir):
+    """`transformers serve` (shipped with transformers) pinned to the tiny model: a server that
+    answers 422 to fields it does not know and ignores n, logprobs and response_format. Yields
+    (base_url, the model id it lists: the directory it was given)."""
+    with transformers_serve(str(tiny_model_dir)) as served:
+        yield served

@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from servers import free_port
 
 from scoder.errors import ScoderError
 from scoder.models import SamplingParams
@@ -23,6 +24,7 @@ class FlakyAPI:
     def __init__(self, behaviour):
         self.behaviour = behaviour
         self.requests: list[float] = []
+        self.bodies: list[tuple[str, dict]] = []  # (path, body) of each POST
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +37,7 @@ class FlakyAPI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 api.requests.append(time.monotonic())
+                api.bodies.append((self.path, body))
                 status, payload, headers = api.behaviour(len(api.requests), body)
                 self._send(status, payload, headers)
 
@@ -127,7 +130,9 @@ def test_server_that_ignores_n_gets_one_request_per_sample(api):
         CHAT, 3, SamplingParams(max_new_tokens=8, seed=10)
     )
     assert len(out[0]) == 3 and len({c.text for c in out[0]}) == 3
-    assert len(server.requests) == 1 + 3  # the n=3 try, then one per sample
+    # the n=3 try (its one answer kept as the first sample), then one request per missing sample
+    assert len(server.requests) == 1 + 2 and out[0][0].text == "sample 10"
+    assert [c.text for c in out[0][1:]] == ["sample 11", "sample 12"]
 
 
 @pytest.mark.parametrize(
@@ -147,3 +152,146 @@ def test_malformed_response_body_is_a_clear_error(api):
         OpenAIBackend(base_url=server.url, model="m", max_retries=0).generate(
             CHAT, 1, SamplingParams(max_new_tokens=8)
         )
+
+
+# -- what a server can do: probed, and only what it honours is sent ---------------------------
+
+OPTIONAL_FIELDS = {"logprobs", "top_logprobs", "response_format"}
+OPENAI_FIELDS = {"model", "messages", "n", "temperature", "top_p", "max_tokens", "seed"}
+OPENAI_FIELDS |= OPTIONAL_FIELDS
+PREFILLED = [CHAT[0] + [{"role": "assistant", "content": "###"}]]
+
+
+def hosted(i, body):
+    """A hosted API: vLLM's fields are refused with 400; logprobs and schemas are ignored."""
+    unknown = set(body) - OPENAI_FIELDS
+    if unknown:
+        return 400, {"error": {"message": f"Unrecognized request arguments: {unknown}"}}, {}
+    return 200, completion(n=1, content="Hello! How can I help?"), {}
+
+
+def vllm_like(i, body):
+    """Continues a trailing assistant message, returns logprobs, enforces the schema."""
+    answer = completion(n=body.get("n", 1))
+    answer["usage"]["prompt_tokens"] = 4 if body.get("continue_final_message") else 7
+    if body.get("response_format"):
+        for choice in answer["choices"]:
+            choice["message"]["content"] = '{"digit": 3}'
+    if body.get("logprobs"):
+        top = [
+            {"token": t, "logprob": lp, "bytes": list(t.encode())}
+            for t, lp in [("A", -0.1), ("B", -2.5)]
+        ]
+        first = {**top[0], "top_logprobs": top[: body["top_logprobs"]]}
+        for choice in answer["choices"]:
+            choice["logprobs"] = {"content": [first]}
+    return 200, answer, {}
+
+
+def generation_bodies(server):
+    """The bodies of real requests (the probes ask for at most 8 tokens)."""
+    return [b for path, b in server.bodies if path.endswith("/completions") and b["max_tokens"] > 8]
+
+
+def test_hosted_api_gets_no_field_it_refuses(api):
+    server = api(hosted)
+    backend = OpenAIBackend(base_url=server.url, model="m")
+    caps = backend.capabilities()
+    assert (caps.continuation, caps.logprobs, caps.json_schema) == (False, False, False)
+    assert "continuation: refused (400)" in caps.how
+    probes = len(server.bodies)
+    assert 3 <= probes <= 4 and all(b["max_tokens"] <= 8 for _, b in server.bodies)
+    backend.capabilities()
+    assert len(server.bodies) == probes  # probed once
+    params = SamplingParams(max_new_tokens=32, logprobs=3, json_schema={"type": "object"})
+    out = backend.generate(CHAT, 2, params)
+    assert len(out[0]) == 2 and out[0][0].logprobs is None
+    bodies = generation_bodies(server)
+    assert bodies and all(set(b) <= OPENAI_FIELDS - OPTIONAL_FIELDS for b in bodies)
+    with pytest.raises(ScoderError, match="does not continue a trailing assistant message"):
+        backend.generate(PREFILLED, 1, params)
+    assert len(generation_bodies(server)) == len(bodies)  # nothing sent
+
+
+def test_server_that_ignores_the_continuation_fields_does_not_continue(api):
+    server = api(lambda i, body: (200, completion(), {}))  # same prompt tokens either way
+    caps = OpenAIBackend(base_url=server.url, model="m").capabilities()
+    assert not caps.continuation and "prompt tokens 5 continued, 5 as a new turn" in caps.how
+    assert not caps.logprobs and not caps.json_schema  # no logprobs, and prose is no schema
+
+    def no_usage(i, body):
+        answer = completion()
+        del answer["usage"]
+        return 200, answer, {}
+
+    server = api(no_usage)
+    assert not OpenAIBackend(base_url=server.url, model="m").capabilities().continuation
+
+
+def test_vllm_like_server_gets_the_fields_it_honours(api, tmp_path):
+    server = api(vllm_like)
+    backend = OpenAIBackend(base_url=server.url, model="m")
+    caps = backend.capabilities()
+    assert (caps.continuation, caps.logprobs, caps.json_schema) == (True, True, True)
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    params = SamplingParams(max_new_tokens=32, logprobs=2, json_schema=schema)
+    backend.use_request_log(tmp_path / "requests.jsonl")
+    (c,) = backend.generate(PREFILLED, 1, params)[0]
+    (body,) = generation_bodies(server)
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["logprobs"] is True and body["top_logprobs"] == 2
+    assert body["response_format"]["json_schema"]["schema"] == schema
+    (token,) = c.logprobs
+    assert (token.token, token.logprob, token.top) == ("A", -0.1, (("A", -0.1), ("B", -2.5)))
+    recorded = json.loads((tmp_path / "requests.capabilities.json").read_text())
+    assert recorded["capabilities"]["continuation"] is True
+    # without logprobs or a schema asked for, neither is sent
+    backend.generate(CHAT, 1, SamplingParams(max_new_tokens=32))
+    assert not {"logprobs", "response_format", "extra_body"} & set(generation_bodies(server)[-1])
+
+
+def test_probe_that_cannot_reach_the_server_is_a_clear_error():
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend(base_url=dead, model="m", check_server=False, max_retries=0)
+    with pytest.raises(ScoderError, match=f"cannot reach the OpenAI-compatible server at {dead}"):
+        backend.capabilities()
+
+
+# -- LoRA checkpoints through one server ------------------------------------------------------
+
+
+def test_load_adapters_posts_each_checkpoint_under_a_content_name(api, adapter_dir, tmp_path):
+    loaded: list[str] = []
+
+    def behaviour(i, body):
+        if "lora_name" not in body:
+            return 200, completion(), {}
+        if body["lora_path"] in loaded:  # vLLM refuses a name twice; the same content is fine
+            return 400, {"error": {"message": "The lora adapter has already been loaded."}}, {}
+        loaded.append(body["lora_path"])
+        return 200, b"Success", {}
+
+    server = api(behaviour)
+    backend = OpenAIBackend(
+        base_url=server.url + "/",
+        model="m",
+        lora_path_map={str(adapter_dir.parent): "/srv/ckpts", str(tmp_path): "/elsewhere"},
+    )
+    backend.load_adapters({"round1": adapter_dir, "again": adapter_dir})
+    (path, body), (_, again) = server.bodies
+    assert path == "/v1/load_lora_adapter"
+    assert body["lora_path"] == f"/srv/ckpts/{adapter_dir.name}"
+    assert body["lora_name"].startswith("round1-") and again["lora_name"].startswith("again-")
+    assert body["lora_name"][-8:] == again["lora_name"][-8:]  # the same content
+    with backend.adapter("round1"):
+        backend.generate(CHAT, 1, SamplingParams(max_new_tokens=32))
+    assert server.bodies[-1][1]["model"] == body["lora_name"]
+    backend.generate(CHAT, 1, SamplingParams(max_new_tokens=32))
+    assert server.bodies[-1][1]["model"] == "m"
+
+
+def test_server_without_runtime_lora_loading_is_one_clear_error(api, adapter_dir):
+    server = api(lambda i, body: (404, {"detail": "Not Found"}, {}))
+    backend = OpenAIBackend(base_url=server.url, model="m")
+    with pytest.raises(ScoderError, match="cannot load adapters at run time.*preloaded"):
+        backend.load_adapters({"round1": adapter_dir})

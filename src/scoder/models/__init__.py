@@ -33,12 +33,14 @@ def _transformers_backend(cfg: ModelConfig) -> GenerationBackend:
 def _openai_backend(cfg: ModelConfig) -> GenerationBackend:
     return OpenAIBackend(
         base_url=cfg.base_url or "",
-        model=cfg.name or "",
+        model=cfg.served_name or cfg.name or "",
         api_key_env=cfg.api_key_env,
         max_concurrency=cfg.max_concurrency,
         max_retries=cfg.max_retries,
         timeout_s=cfg.request_timeout_s,
         price_per_million_tokens=cfg.price_per_million_tokens,
+        lora_adapters=cfg.lora_adapters,
+        lora_path_map=cfg.lora_path_map,
     )
 
 

@@ -13,7 +13,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from scoder.errors import ScoderError
-from scoder.models.base import Chat, Completion, SamplingParams
+from scoder.models.base import Capabilities, Chat, Completion, SamplingParams, TokenLogprob
+from scoder.models.choices import choice_probabilities
 from scoder.models.loading import ModelRef, load_causal_lm, load_tokenizer
 from scoder.templates import render_plain
 
@@ -54,6 +55,24 @@ class TransformersBackend:
         forward_args = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self.eos_ids = self._eos_ids()
+        self._token_texts: dict[int, str] = {}
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            continuation=True,
+            logprobs=True,
+            json_schema=False,
+            n=True,
+            how="in process",
+            choices=True,
+        )
+
+    def choice_probabilities(
+        self, chats: Sequence[Chat], steps: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[list[dict[str, float]]]:
+        return choice_probabilities(
+            self.model, self.tokenizer, self.encode(chats), steps, batch_size=self.batch_size
+        )
 
     def use_request_log(self, path: Path) -> None:
         """Nothing to keep: the model is here, a re-run generates again."""
@@ -65,12 +84,31 @@ class TransformersBackend:
         for name, path in adapters.items():
             if not (Path(path) / "adapter_config.json").is_file():
                 raise ScoderError(f"{path} is not a LoRA adapter directory")
-            if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
-            else:
-                self.model.load_adapter(path, adapter_name=name)
+            try:
+                if not isinstance(self.model, PeftModel):
+                    self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                else:
+                    self.model.load_adapter(path, adapter_name=name)
+            except Exception:
+                # leave no half-loaded adapter behind (a later load may reuse the name)
+                if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+                    self._drop_adapter(name)
+                raise
             self.adapters[name] = Path(path)
         self.model.eval()
+
+    def unload_adapter(self, name: str) -> None:
+        """Detach a loaded adapter; after the last one the model is the plain base model again."""
+        if name not in self.adapters:
+            raise ScoderError(f"no adapter named {name!r}")
+        self._drop_adapter(name)
+        del self.adapters[name]
+
+    def _drop_adapter(self, name: str) -> None:
+        if set(self.model.peft_config) == {name}:
+            self.model = self.model.unload()  # removes the LoRA layers without merging them
+        else:
+            self.model.delete_adapter(name)
 
     @contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
@@ -103,39 +141,78 @@ class TransformersBackend:
             "batch_size": self.batch_size,
         }
 
-    def render(self, chat: Chat) -> tuple[str, bool]:
-        """The prompt text for a chat, and whether it already holds the special tokens."""
-        continuing = bool(chat) and chat[-1]["role"] == "assistant"
+    def render(
+        self,
+        chat: Chat,
+        *,
+        continue_final: bool | None = None,
+        add_generation_prompt: bool | None = None,
+    ) -> tuple[str, bool]:
+        """The prompt text for a chat, and whether it already holds the special tokens.
+
+        By default (the Protocol's rule) a trailing assistant message is continued and any other
+        chat opens a new assistant turn. `continue_final` and `add_generation_prompt` are vLLM's
+        request flags (scoder serve passes a request's): a trailing assistant message that is not
+        continued is a finished turn, and the generation prompt opens a new one after it.
+        """
+        last_is_assistant = bool(chat) and chat[-1]["role"] == "assistant"
+        continuing = last_is_assistant if continue_final is None else continue_final
+        if continuing and not last_is_assistant:
+            raise ScoderError("only a chat that ends with an assistant message can be continued")
+        opening = not continuing if add_generation_prompt is None else add_generation_prompt
+        if continuing and opening:
+            raise ScoderError("a continued assistant message cannot also open a new turn")
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(
                 chat,
                 tokenize=False,
-                add_generation_prompt=not continuing,
+                add_generation_prompt=opening,
                 continue_final_message=continuing,
             )
             return text, True
         # Base models without a chat template get the plain transcript they are trained on.
-        return render_plain(chat), False
+        text = render_plain(chat)
+        if last_is_assistant and not continuing and opening:
+            text += "\n\n### Response\n"
+        elif not last_is_assistant and not opening:
+            text = text.removesuffix("\n\n### Response\n")
+        return text, False
 
-    def encode(self, chats: Sequence[Chat]) -> list[list[int]]:
+    def encode(
+        self, chats: Sequence[Chat], rendering: Sequence[tuple[bool, bool]] | None = None
+    ) -> list[list[int]]:
         out = []
-        for chat in chats:
-            text, has_special = self.render(chat)
+        for k, chat in enumerate(chats):
+            flags = {}
+            if rendering is not None:
+                flags = dict(zip(("continue_final", "add_generation_prompt"), rendering[k]))
+            text, has_special = self.render(chat, **flags)
             out.append(self.tokenizer(text, add_special_tokens=not has_special)["input_ids"])
         return out
 
     def generate(
-        self, chats: Sequence[Chat], n: int, params: SamplingParams
+        self,
+        chats: Sequence[Chat],
+        n: int,
+        params: SamplingParams,
+        *,
+        rendering: Sequence[tuple[bool, bool]] | None = None,
     ) -> list[list[Completion]]:
+        """`rendering`: per chat, vLLM's (continue_final_message, add_generation_prompt) flags
+        (scoder serve's requests); None: the Protocol's rule (see `render`)."""
         import torch
 
         with torch.inference_mode():
-            return self._generate(chats, n, params)
+            return self._generate(chats, n, params, rendering)
 
     def _generate(
-        self, chats: Sequence[Chat], n: int, params: SamplingParams
+        self,
+        chats: Sequence[Chat],
+        n: int,
+        params: SamplingParams,
+        rendering: Sequence[tuple[bool, bool]] | None = None,
     ) -> list[list[Completion]]:
-        prompts = self.encode(chats)
+        prompts = self.encode(chats, rendering)
         shared = self._shared_prefix(prompts)
         # Each (prompt, sample) is one row; rows of similar length share a batch to waste
         # little compute on padding.
@@ -220,6 +297,9 @@ class TransformersBackend:
             if params.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
+        if params.logprobs > 0:
+            # Only then: keeping every step's scores costs memory (steps x rows x vocabulary).
+            extra.update(output_scores=True, return_dict_in_generate=True)
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -229,8 +309,15 @@ class TransformersBackend:
             **sampling,
             **extra,
         )
+        sequences = output.sequences if params.logprobs > 0 else output
+        generated_ids = sequences[:, input_ids.shape[1] :]
+        logprobs = (
+            self._token_logprobs(output.scores, generated_ids, params.logprobs)
+            if params.logprobs > 0
+            else None
+        )
         completions = []
-        for row, generated in zip(rows, output[:, input_ids.shape[1] :].tolist()):
+        for r, (row, generated) in enumerate(zip(rows, generated_ids.tolist())):
             stop = next((k for k, tok in enumerate(generated) if tok in self.eos_ids), None)
             tokens = generated if stop is None else generated[: stop + 1]
             completions.append(
@@ -239,6 +326,48 @@ class TransformersBackend:
                     prompt_tokens=len(row),
                     completion_tokens=len(tokens),
                     finish_reason="length" if stop is None else "stop",
+                    logprobs=tuple(logprobs[r][: len(tokens)]) if logprobs is not None else None,
                 )
             )
         return completions
+
+    def _token_logprobs(self, scores: Any, generated: Any, k: int) -> list[list[TokenLogprob]]:
+        """Per row, per generated step: the token, its log-probability and the `k` most likely
+        tokens. The distribution is generate's *processed* scores (`output_scores=True`: the
+        logits after the logits processors, i.e. after temperature and top-p for sampling, the
+        logits themselves for greedy decoding), so each logprob is under the distribution the
+        token was drawn from. Tokens that top-p ruled out (log-probability -inf) are not listed
+        as alternatives."""
+        import torch
+
+        k = min(k, scores[0].shape[-1])
+        chosen, top_values, top_ids = [], [], []
+        for step, step_scores in enumerate(scores):
+            logp = torch.log_softmax(step_scores.float(), dim=-1)
+            chosen.append(logp.gather(1, generated[:, step : step + 1]).squeeze(1))
+            values, ids = logp.topk(k, dim=-1)
+            top_values.append(values)
+            top_ids.append(ids)
+        chosen_l = torch.stack(chosen, 1).tolist()
+        values_l = torch.stack(top_values, 1).tolist()
+        ids_l = torch.stack(top_ids, 1).tolist()
+        text = self._token_text
+        return [
+            [
+                TokenLogprob(
+                    token=text(token),
+                    logprob=lp,
+                    top=tuple(
+                        (text(i), v) for i, v in zip(ids_l[r][t], values_l[r][t]) if v > -1e30
+                    ),
+                )
+                for t, (token, lp) in enumerate(zip(generated[r].tolist(), chosen_l[r]))
+            ]
+            for r in range(len(chosen_l))
+        ]
+
+    def _token_text(self, token_id: int) -> str:
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text

@@ -79,7 +79,12 @@ def embedded_model() -> ModelRef:
             f"scoder: converting the embedded model once into {target} (about 30 s)",
             file=sys.stderr,
         )
-        _convert_gguf(gguf_path, target)
+        convert_gguf(
+            gguf_path,
+            target,
+            model_id=EMBEDDED_MODEL_ID,
+            source_info=f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
+        )
     info = json.loads(marker.read_text())
     return ModelRef(
         id=EMBEDDED_MODEL_ID, path=target, digest=info["weights_digest"], source="embedded"
@@ -103,10 +108,24 @@ def _embedded_gguf() -> Path:
     return path
 
 
-def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """De-quantize the GGUF once and save a safetensors model directory (atomically)."""
+def convert_gguf(
+    gguf_path: str | Path,
+    target: str | Path,
+    *,
+    model_id: str,
+    source_info: str | dict[str, Any],
+    gguf_digest: str | None = None,
+    generation_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """De-quantize a GGUF once and save it as a float32 safetensors model directory (model,
+    tokenizer and chat template) at `target`, atomically, with a `scoder-model.json` recording
+    `source_info`, the GGUF's sha256 (`gguf_digest` when the caller has already hashed it) and
+    the weights digest. `generation_config` overrides fields of the saved generation config: a
+    GGUF carries no sampling defaults, and servers such as `transformers serve` decode greedily
+    unless `do_sample` is set there. Returns what `scoder-model.json` holds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf_path, target = Path(gguf_path), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -117,13 +136,16 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        for key, value in (generation_config or {}).items():
+            setattr(model.generation_config, key, value)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # Key order as the embedded model's caches have always had it.
         info = {
-            "source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
-            "gguf_digest": _sha256(gguf_path),
+            "source": source_info,
+            "gguf_digest": gguf_digest or _sha256(gguf_path),
             "weights_digest": weights_digest(tmp, use_cache=False),
-            "model_id": EMBEDDED_MODEL_ID,
+            "model_id": model_id,
         }
         (tmp / "scoder-model.json").write_text(json.dumps(info, indent=2))
         try:
@@ -133,6 +155,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads((target / "scoder-model.json").read_text())  # a concurrent run's, if it won
 
 
 def _hub_model(name: str, revision: str | None) -> ModelRef:

@@ -5,6 +5,22 @@ errors with exponential backoff (honouring Retry-After). `n` samples go in one r
 server honours `n`, else one request per sample. Token usage is summed (and priced when a price
 table is given). With a request log, every finished request is appended as it completes, so a
 crash or Ctrl-C loses nothing and a re-run sends only the requests that are missing.
+
+Servers differ in what they take beyond plain chat completion: vLLM continues a trailing assistant
+message (`continue_final_message`), returns logprobs and enforces JSON schemas; `transformers
+serve` answers 422 to fields it does not know and ignores `logprobs` and `response_format`;
+hosted APIs refuse vLLM's fields with 400. So `capabilities()` finds out, once per backend (one
+server and model), with a few tiny probe requests (see `_probe`; not counted in `usage`), and a
+request carries a field beyond plain chat completion only where the server honours it: vLLM's
+continuation fields, `logprobs`/`top_logprobs` (SamplingParams.logprobs), a strict
+`response_format` json_schema (SamplingParams.json_schema). The answer is kept beside the request
+log (`<log>.capabilities.json`), so a resumed run sends the very same requests (and finds them in
+the log) without asking again.
+
+LoRA checkpoints go through one server: `load_adapters` registers each checkpoint with it (POST
+/v1/load_lora_adapter, as vLLM with runtime LoRA updating and `scoder serve` take) under a name
+unique to the checkpoint's content, or, with lora_adapters="preloaded", checks that the server
+already serves each under its own name; `adapter(name)` then sends requests to that model name.
 """
 
 from __future__ import annotations
@@ -15,11 +31,21 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from scoder.errors import ScoderError
-from scoder.models.base import Chat, Completion, SamplingParams
+from scoder.models.base import Capabilities, Chat, Completion, SamplingParams, TokenLogprob
+
+# The probe for structured output: an answer that only a server enforcing the schema gives to
+# "Say hello".
+_DIGIT_SCHEMA = {
+    "type": "object",
+    "properties": {"digit": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["digit"],
+    "additionalProperties": False,
+}
 
 
 class OpenAIBackend:
@@ -36,6 +62,8 @@ class OpenAIBackend:
         max_retries: int = 5,
         timeout_s: float = 300.0,
         price_per_million_tokens: dict[str, float] | None = None,
+        lora_adapters: str = "load",
+        lora_path_map: Mapping[str, str] | None = None,
         check_server: bool = True,
     ):
         import openai
@@ -60,6 +88,13 @@ class OpenAIBackend:
         }
         self.request_log: Path | None = None
         self._supports_n: bool | None = None
+        if lora_adapters not in ("load", "preloaded"):
+            raise ScoderError(f"model.lora_adapters is load or preloaded (got {lora_adapters!r})")
+        self.lora_adapters = lora_adapters
+        self.lora_path_map = dict(lora_path_map or {})
+        self.adapters: dict[str, str] = {}  # checkpoint name -> the model name the server uses
+        self._active: str | None = None  # the served name requests go to (None: the base model)
+        self._probe_result: Capabilities | None = None  # n aside: found out by the first n > 1
         self._client_args = dict(
             base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout_s
         )
@@ -90,17 +125,237 @@ class OpenAIBackend:
         """Keep finished requests in `path` (JSONL) and answer repeated requests from it."""
         self.request_log = path
 
-    def load_adapters(self, adapters: Mapping[str, Path]) -> None:
-        raise ScoderError(
-            "multi-checkpoint sampling needs the checkpoints loaded in process (model.backend="
-            "transformers): this backend cannot attach LoRA adapters to a remote server's model"
+    # -- capabilities -----------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        """What this server does for this model: recorded beside the request log by an earlier
+        run, else probed (once); `n` as far as requests have shown it."""
+        found = self._recorded_capabilities() or self._probed()
+        n_known = {
+            None: "not tried yet",
+            True: "honoured",
+            False: "ignored (one request per sample)",
+        }[self._supports_n]
+        return replace(found, n=self._supports_n is True, how=f"{found.how}; n: {n_known}")
+
+    def _probed(self) -> Capabilities:
+        if self._probe_result is None:
+            self._probe_result = self._probe()
+        return self._probe_result
+
+    def _probe(self) -> Capabilities:
+        """Tiny requests (a few tokens, temperature 0) that tell what the server does.
+
+        continuation: the chat [user, assistant] sent with vLLM's continue_final_message and
+        add_generation_prompt=false, then without them: a server that continues the message
+        renders fewer prompt tokens (no end of turn, no new assistant header); a refusal (4xx),
+        equal counts (the fields were ignored) or no usage mean no. logprobs: asked for with
+        top_logprobs=2, yes when the answer carries them. json_schema: a schema demanding
+        {"digit": 0-9} and the prompt "Say hello": yes only when the answer follows the schema.
+        A lost connection is an error; any other failure means no.
+        """
+        client = self._openai.OpenAI(**self._client_args)
+        notes: list[str] = []
+
+        def ask(what: str, messages: Chat, max_tokens: int, **fields: Any) -> Any:
+            try:
+                return client.chat.completions.create(
+                    model=self.model_id,
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=0,
+                    **fields,
+                )
+            except self._openai.APIConnectionError as exc:
+                raise ScoderError(
+                    f"cannot reach the OpenAI-compatible server at {self.base_url} ({exc}); "
+                    "finished requests are kept, run again to resume"
+                ) from None
+            except self._openai.APIStatusError as exc:
+                notes.append(f"{what}: refused ({exc.status_code})")
+            except (self._openai.APIError, ValueError, TypeError) as exc:
+                notes.append(f"{what}: failed ({type(exc).__name__})")
+            return None
+
+        def prompt_tokens(response: Any) -> int | None:
+            usage = getattr(response, "usage", None)
+            return getattr(usage, "prompt_tokens", None) if usage else None
+
+        try:
+            hello: Chat = [{"role": "user", "content": "Say hello"}]
+            prefilled: Chat = [*hello, {"role": "assistant", "content": "Hello"}]
+            continued = ask(
+                "continuation",
+                prefilled,
+                1,
+                extra_body={"continue_final_message": True, "add_generation_prompt": False},
+            )
+            continuation = False
+            if continued is not None:
+                fresh = ask("continuation (new turn)", prefilled, 1)
+                a, b = prompt_tokens(continued), prompt_tokens(fresh)
+                continuation = bool(a and b and a < b)
+                notes.append(f"continuation: prompt tokens {a} continued, {b} as a new turn")
+            answer = ask("logprobs", hello, 1, logprobs=True, top_logprobs=2)
+            choices = getattr(answer, "choices", None) or [None]
+            logprobs = bool(_choice_logprobs(choices[0]))
+            if answer is not None:
+                notes.append(f"logprobs: {'returned' if logprobs else 'not returned'}")
+            answer = ask(
+                "json_schema",
+                hello,
+                8,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "digit", "schema": _DIGIT_SCHEMA, "strict": True},
+                },
+            )
+            choices = getattr(answer, "choices", None) or [None]
+            message = getattr(choices[0], "message", None)
+            json_schema = _follows_digit_schema(getattr(message, "content", None))
+            if answer is not None:
+                notes.append(f"json_schema: {'followed' if json_schema else 'not followed'}")
+        finally:
+            client.close()
+        return Capabilities(
+            continuation=continuation,
+            logprobs=logprobs,
+            json_schema=json_schema,
+            n=False,
+            how="probed: " + "; ".join(notes),
         )
+
+    def _recorded_capabilities(self) -> Capabilities | None:
+        """The capabilities kept beside the request log by an earlier run for this model. They
+        belong with the log (whose requests were built with them), as the log does not depend
+        on the server's address either: delete the file to probe again."""
+        path = self._capabilities_path()
+        if path is None or not path.is_file():
+            return None
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if kept["model"] != self.model_id:
+                return None
+            caps = Capabilities(**kept["capabilities"])
+            return replace(caps, how=f"recorded beside the request log ({caps.how})")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    def _capabilities_path(self) -> Path | None:
+        if self.request_log is None:
+            return None
+        return self.request_log.with_name(self.request_log.stem + ".capabilities.json")
+
+    def _request_capabilities(self) -> Capabilities:
+        """The capabilities requests are built with: those recorded beside the request log (so
+        a resumed run sends the requests it logged), else probed, and then recorded there."""
+        recorded = self._recorded_capabilities()
+        if recorded is not None:
+            return recorded
+        probed = self._probed()
+        path = self._capabilities_path()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = {"base_url": self.base_url, "model": self.model_id}
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({**kept, "capabilities": probed.to_dict()}, indent=2))
+            tmp.replace(path)
+        return probed
+
+    # -- LoRA checkpoints -------------------------------------------------------------------
+
+    def load_adapters(self, adapters: Mapping[str, Path]) -> None:
+        """Make each checkpoint servable by its name (see the module docstring)."""
+        if self.lora_adapters == "preloaded":
+            served = self._served_models()
+            missing = [name for name in adapters if name not in served]
+            if missing:
+                raise ScoderError(
+                    f"the server at {self.base_url} does not serve the LoRA checkpoint(s) "
+                    f"{', '.join(missing)} (model.lora_adapters=preloaded expects each under its "
+                    f"own name, e.g. vllm serve --lora-modules NAME=PATH; it serves: "
+                    f"{', '.join(served) or 'nothing listed'})"
+                )
+            self.adapters.update({name: name for name in adapters})
+            return
+        client = self._openai.OpenAI(**self._client_args)
+        try:
+            for name, path in adapters.items():
+                weights = Path(path) / "adapter_model.safetensors"
+                if not (Path(path) / "adapter_config.json").is_file() or not weights.is_file():
+                    raise ScoderError(
+                        f"{path} is not a LoRA adapter directory (adapter_config.json and "
+                        "adapter_model.safetensors)"
+                    )
+                served = f"{name}-{_sha256(weights)[:8]}"
+                self._load_on_server(client, name, served, self._server_path(Path(path)))
+                self.adapters[name] = served
+        finally:
+            client.close()
+
+    def _load_on_server(self, client: Any, name: str, served: str, remote: str) -> None:
+        url = self.base_url.rstrip("/").removesuffix("/v1") + "/v1/load_lora_adapter"
+        try:
+            client.post(url, cast_to=str, body={"lora_name": served, "lora_path": remote})
+        except self._openai.APIConnectionError:
+            raise ScoderError(
+                f"cannot reach the OpenAI-compatible server at {self.base_url}"
+            ) from None
+        except self._openai.APIStatusError as exc:
+            text = exc.response.text
+            if exc.status_code == 400 and "already" in text.lower():
+                return  # the same content under the same name: loaded by an earlier run
+            hint = ""
+            if exc.status_code in (404, 405) and "not found" in text.lower() and "detail" in text:
+                hint = (
+                    "; this server cannot load adapters at run time (vLLM needs --enable-lora "
+                    "and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), or serve the checkpoints "
+                    "yourself and set model.lora_adapters=preloaded"
+                )
+            raise ScoderError(
+                f"the server at {self.base_url} did not load LoRA checkpoint {name!r} from "
+                f"{remote} ({exc.status_code}: {text[:300]}){hint}"
+            ) from None
+
+    def _server_path(self, path: Path) -> str:
+        """`path` as the server sees it: rewritten by lora_path_map (the longest match wins)."""
+        path = path.absolute()
+        best: tuple[int, str] | None = None
+        for local, remote in self.lora_path_map.items():
+            root = Path(local).absolute()
+            if path == root or root in path.parents:
+                rel = path.relative_to(root).as_posix()
+                mapped = remote if rel == "." else f"{remote.rstrip('/')}/{rel}"
+                if best is None or len(root.parts) > best[0]:
+                    best = (len(root.parts), mapped)
+        return best[1] if best else str(path)
+
+    def _served_models(self) -> list[str]:
+        client = self._openai.OpenAI(**{**self._client_args, "max_retries": 1})
+        try:
+            return [m.id for m in client.models.list()]
+        except self._openai.APIConnectionError:
+            raise ScoderError(
+                f"cannot reach the OpenAI-compatible server at {self.base_url}"
+            ) from None
+        except self._openai.APIStatusError as exc:
+            raise ScoderError(
+                f"the server at {self.base_url} does not list its models ({exc.status_code})"
+            ) from None
+        finally:
+            client.close()
 
     @contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
-        if name is not None:
-            self.load_adapters({name: Path(name)})
-        yield
+        if name is not None and name not in self.adapters:
+            raise ScoderError(
+                f"no adapter named {name!r} (loaded: {', '.join(self.adapters) or 'none'})"
+            )
+        previous, self._active = self._active, None if name is None else self.adapters[name]
+        try:
+            yield
+        finally:
+            self._active = previous
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -112,7 +367,10 @@ class OpenAIBackend:
             + hashlib.sha256(f"{self.base_url}|{self.model_id}".encode()).hexdigest()[:16],
             "source": "api",
             "usage": dict(self.usage),
+            "capabilities": self.capabilities().to_dict(),
         }
+        if self.adapters:
+            info["adapters"] = dict(self.adapters)  # checkpoint name -> name on the server
         if self.price:
             info["usage"]["cost"] = round(
                 self.usage["prompt_tokens"] / 1e6 * self.price.get("prompt", 0.0)
@@ -124,13 +382,34 @@ class OpenAIBackend:
     def generate(
         self, chats: Sequence[Chat], n: int, params: SamplingParams
     ) -> list[list[Completion]]:
-        return asyncio.run(self._generate(chats, n, params))
+        caps = None
+        prefilled = any(_ends_with_assistant(chat) for chat in chats)
+        if prefilled or params.logprobs > 0 or params.json_schema is not None:
+            caps = self._request_capabilities()
+            if prefilled and not caps.continuation:
+                raise self._cannot_continue()
+        return asyncio.run(self._generate(chats, n, params, caps))
 
     # --------------------------------------------------------------------------------------
 
-    def _body(self, chat: Chat, n: int, params: SamplingParams, seed: int) -> dict[str, Any]:
+    def _cannot_continue(self) -> ScoderError:
+        return ScoderError(
+            f"the server at {self.base_url} does not continue a trailing assistant message "
+            f"for {self.model_id} (capabilities().continuation is false): send chats that end "
+            "with a user turn to it"
+        )
+
+    def _body(
+        self,
+        chat: Chat,
+        n: int,
+        params: SamplingParams,
+        seed: int,
+        caps: Capabilities | None = None,
+    ) -> dict[str, Any]:
+        """One request; a field beyond plain chat completion only where the server honours it."""
         body: dict[str, Any] = {
-            "model": self.model_id,
+            "model": self._active or self.model_id,
             "messages": chat,
             "n": n,
             "temperature": params.temperature,
@@ -138,9 +417,21 @@ class OpenAIBackend:
             "max_tokens": params.max_new_tokens,
             "seed": seed,
         }
-        if chat and chat[-1]["role"] == "assistant":
+        if _ends_with_assistant(chat) or params.logprobs > 0 or params.json_schema is not None:
+            caps = caps or self._request_capabilities()
+        if _ends_with_assistant(chat):
+            if not caps.continuation:
+                raise self._cannot_continue()
             # vLLM's (and scoder serve's) way to continue a prefilled answer
             body["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        if params.logprobs > 0 and caps.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = params.logprobs
+        if params.json_schema is not None and caps.json_schema:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": params.json_schema, "strict": True},
+            }
         return body
 
     @staticmethod
@@ -159,14 +450,18 @@ class OpenAIBackend:
         return done
 
     async def _generate(
-        self, chats: Sequence[Chat], n: int, params: SamplingParams
+        self,
+        chats: Sequence[Chat],
+        n: int,
+        params: SamplingParams,
+        caps: Capabilities | None = None,
     ) -> list[list[Completion]]:
         client = self._openai.AsyncOpenAI(**self._client_args)
         semaphore = asyncio.Semaphore(self.max_concurrency)
         done = self._load_log()
-        log = self.request_log.open("a", encoding="utf-8") if self.request_log else None
         if self.request_log:
             self.request_log.parent.mkdir(parents=True, exist_ok=True)
+        log = self.request_log.open("a", encoding="utf-8") if self.request_log else None
 
         async def request(body: dict[str, Any]) -> list[dict[str, Any]]:
             key = self._key(body)
@@ -181,6 +476,11 @@ class OpenAIBackend:
                     "finish_reason": "length" if choice.finish_reason == "length" else "stop",
                     "prompt_tokens": response.usage.prompt_tokens if response.usage else 0,
                     "completion_tokens": 0,
+                    **(
+                        {"logprobs": _logprobs_entry(_choice_logprobs(choice))}
+                        if body.get("logprobs")
+                        else {}
+                    ),
                 }
                 for choice in response.choices
             ]
@@ -200,16 +500,19 @@ class OpenAIBackend:
 
         async def one_chat(i: int, chat: Chat) -> list[Completion]:
             seed = params.seed + i * 1000
-            if self._supports_n is not False and n > 1:
-                got = await request(self._body(chat, n, params, seed))
-                if len(got) == n:
-                    self._supports_n = True
-                    return [Completion(**c) for c in got]
-                self._supports_n = False  # the server ignored n: ask once per sample
-            samples = await asyncio.gather(
-                *(request(self._body(chat, 1, params, seed + j)) for j in range(n))
+            got: list[dict[str, Any]] = []
+            if n > 1:
+                asked = self._body(chat, n, params, seed, caps)
+                if self._supports_n is not False or self._key(asked) in done:
+                    got = (await request(asked))[:n]
+                    if len(got) == n:
+                        self._supports_n = True
+                        return [_completion(c) for c in got]
+                    self._supports_n = False  # the server ignored n: ask for the rest one by one
+            rest = await asyncio.gather(
+                *(request(self._body(chat, 1, params, seed + j, caps)) for j in range(len(got), n))
             )
-            return [Completion(**got[0]) for got in samples]
+            return [_completion(c) for c in got] + [_completion(r[0]) for r in rest]
 
         try:
             return list(await asyncio.gather(*(one_chat(i, chat) for i, chat in enumerate(chats))))
@@ -236,3 +539,59 @@ class OpenAIBackend:
             if log:
                 log.close()
             await client.close()
+
+
+def _ends_with_assistant(chat: Chat) -> bool:
+    return bool(chat) and chat[-1]["role"] == "assistant"
+
+
+def _choice_logprobs(choice: Any) -> list[Any] | None:
+    """`choices[i].logprobs.content` of a response, where there is one."""
+    logprobs = getattr(choice, "logprobs", None)
+    return getattr(logprobs, "content", None) if logprobs is not None else None
+
+
+def _logprobs_entry(content: list[Any] | None) -> list[list[Any]] | None:
+    """The logprobs of one choice as the request log keeps them: [token, logprob, [[token,
+    logprob], ...]] per generated token."""
+    if not content:
+        return None
+    return [
+        [t.token, t.logprob, [[alt.token, alt.logprob] for alt in t.top_logprobs or []]]
+        for t in content
+    ]
+
+
+def _completion(entry: dict[str, Any]) -> Completion:
+    """A Completion from a response's (or the request log's) entry."""
+    logprobs = entry.get("logprobs")
+    return Completion(
+        text=entry["text"],
+        prompt_tokens=entry["prompt_tokens"],
+        completion_tokens=entry["completion_tokens"],
+        finish_reason=entry["finish_reason"],
+        logprobs=None
+        if logprobs is None
+        else tuple(
+            TokenLogprob(token, lp, tuple((alt, alt_lp) for alt, alt_lp in top))
+            for token, lp, top in logprobs
+        ),
+    )
+
+
+def _follows_digit_schema(text: str | None) -> bool:
+    try:
+        answer = json.loads(text or "")
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(answer, dict) or set(answer) != {"digit"}:
+        return False
+    return type(answer["digit"]) is int and 0 <= answer["digit"] <= 9
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
