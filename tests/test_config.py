@@ -82,3 +82,34 @@ def test_set_overrides_are_typed_and_validated(tmp_path):
         load_config(None, ["random_seed.x=1"])
     with pytest.raises(ConfigError, match="synthesis.nn: unknown key"):
         load_config(None, ["synthesis.nn=1"])
+
+
+def test_the_paper_recipe_is_one_config():
+    """configs/paper.yaml: every model in its own section, the code model with its own training,
+    the paper's scale; it validates without downloading anything."""
+    paper = load_config(REPO_CONFIGS / "paper.yaml")
+    assert paper.model.name == "Qwen/Qwen2.5-Coder-7B-Instruct" and paper.train.lora
+    assert paper.model.backend == "openai" and paper.model.lora_adapters == "load"
+    assert paper.teacher.route == "generate" and paper.teacher.limit == 10_000
+    assert paper.teacher.model.api_key_env and paper.score.judge.backend == "openai"
+    assert paper.loop.checkpoints == paper.train.epochs == 3 and paper.synthesis.n == 4
+    assert paper.final.samples == 60_000
+    code = paper.code_model
+    assert code.enabled and code.model.name == "deepseek-ai/deepseek-coder-6.7b-base"
+    assert not code.train.lora and code.eval_prompt == "sft"
+    assert set(code.eval_benchmarks) == {"humaneval", "mbppplus"}
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["train.lora=false"], "a full fine-tune is for the code model"),
+        (["loop.checkpoints=3", "train.epochs=2"], "makes 2 checkpoint(s)"),
+        (["code_model.eval_benchmarks=[humaneval]"], "set enabled: true"),
+        (["final.code_model=true"], "no longer a config key: set code_model.enabled"),
+        (["train.data=x.jsonl"], "scoder train --data FILE"),
+    ],
+)
+def test_what_a_run_cannot_do_is_refused_at_load(sets, expected):
+    with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
+        load_config(None, sets)

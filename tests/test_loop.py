@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from scoder.config import load_config
+from scoder.errors import ScoderError
 from scoder.loop import RoundSummary, plan_loop, run_loop, stop_reason
 
 ANSWER_PROBLEM = "Write a function `add_one(x)` that returns x plus one."
@@ -51,15 +52,15 @@ def parrot_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     answer = answer.removeprefix(OSS_INSTRUCT_V1.response_prefix)
     aspects = [(a.name, a.description) for a in ScoreConfig().aspects]
     scores = ", ".join(f'"{name}": {7 - i % 3}' for i, (name, _) in enumerate(aspects))
-    judge_answer = scores.split(": ", 1)[1] + "}"
+    judge_answer = scores + "}"  # after the "{" the judge's answer is forced to open with
     pairs = []
     for text in list(SEED_FILES.values())[:4]:
-        chat = OSS_INSTRUCT_V1.chat(text)
+        chat = OSS_INSTRUCT_V1.chat(text, prefill=True)
         pairs.append((chat, answer))
-        judge = JUDGE_TEMPLATES["judge-v1"].chat(
+        judge = JUDGE_TEMPLATES["judge-v2"].chat(
             aspects, ANSWER_PROBLEM, ANSWER_SOLUTION, ANSWER_TESTS, text
         )
-        pairs.append((judge, judge_answer))
+        pairs.append(([*judge, {"role": "assistant", "content": "{"}], judge_answer))
     batch = []
     for chat, target in pairs:
         prompt = tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True)
@@ -435,9 +436,10 @@ def test_single_checkpoint_and_baseline_configs(tmp_path, parrot_model_dir):
 
 
 def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
-    """final.code_model + final.eval_benchmarks: the dataset tunes a code model (merged, loadable
-    without peft) and `scoder eval` scores it, results in RUN/eval/<bench>/. Adding the
-    benchmark after the run runs the evaluation alone."""
+    """code_model.enabled + code_model.eval_benchmarks: the dataset tunes a code model (merged,
+    loadable without peft; no per-epoch checkpoints) and `scoder eval` scores it, prompted the way
+    it was trained, results in RUN/eval/<bench>/. Adding the benchmark after the run runs the
+    evaluation alone."""
     from importlib import resources
 
     baseline = resources.files("scoder") / "configs" / "oss-instruct-baseline.yaml"
@@ -453,9 +455,9 @@ def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
         "final.samples=2",
         "synthesis.temperature=0",
         "synthesis.max_new_tokens=120",
-        "final.code_model=true",
-        "train.epochs=1",
-        "train.lora_targets=[q_proj, v_proj]",
+        "code_model.enabled=true",
+        "code_model.train.epochs=1",
+        "code_model.train.lora_targets=[q_proj, v_proj]",
         "eval.limit=2",
         "eval.max_new_tokens=16",
     ]
@@ -464,7 +466,7 @@ def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
     assert first.eval == {}
 
-    with_eval = [*sets, "final.eval_benchmarks=[humaneval]"]
+    with_eval = [*sets, "code_model.eval_benchmarks=[humaneval]"]
     plan = planned(Path(str(baseline)), *with_eval)
     assert {s for s, (a, _) in plan.items() if a != "reuse"} == {"eval/humaneval"}
     before = snapshot(tmp_path / "run", ["seeds", "final", "code-model"])
@@ -474,6 +476,8 @@ def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
     assert "pass@1" in humaneval.pass_at_k["base"]
     results = json.loads((tmp_path / "run" / humaneval.results).read_text())
     assert results["tasks"] == 2 and results["model"]["id"] == str(merged)
+    assert results["prompt"]["mode"] == "chat" and results["prompt"]["chosen"] == "explicitly"
+    assert first.code_model.checkpoints == 0
     assert (tmp_path / "run" / humaneval.results).parent == tmp_path / "run" / "eval" / "humaneval"
 
 
@@ -544,3 +548,18 @@ def test_a_round_with_nothing_selected_keeps_the_previous_synthesizer_and_stops(
     # resumed, the run stops at the same place without running anything
     again = run_loop(config)
     assert again.stopped == result.stopped and "round-2/summary" not in steps(tmp_path / "run")
+
+
+def test_a_round_with_fewer_checkpoints_than_it_samples_stops_before_sampling(
+    tmp_path, parrot_model_dir
+):
+    """save_every_steps above the steps of enhance: it saves its last step only, one checkpoint;
+    loop.checkpoints=2 cannot be met, which is said before round 1 samples anything."""
+    config = load_config(
+        write_config(tmp_path, parrot_model_dir, train__save_every_steps=1000, loop__checkpoints=2)
+    )
+    with pytest.raises(ScoderError, match=r"loop.checkpoints=2, but .* has 1 checkpoint"):
+        run_loop(config)
+    ledger = steps(tmp_path / "run")
+    assert [Path(c).name for c in ledger["round-0/train"]["result"]["checkpoints"]] == ["step-4"]
+    assert not (tmp_path / "run" / "rounds" / "1" / "synthesize").exists()

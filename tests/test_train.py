@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,6 +59,25 @@ def test_epoch_checkpoints_carry_named_adam_state_and_mean_lr(tmp_path, tiny_mod
     stage = run.load_manifest()["stages"]["train"]
     assert stage["counts"]["examples"] == 6 and stage["counts"]["steps"] == 6
     assert stage["model"]["digest"].startswith("sha256:") and stage["task"] == "synthesizer"
+
+
+@pytest.mark.parametrize(("every", "steps"), [(3, [3, 6]), (4, [4, 6]), (10, [6])])
+def test_save_every_steps_always_saves_the_last_step(
+    tmp_path, tiny_model_dir, dp_file, every, steps
+):
+    """6 steps in all: a multiple of the interval, not one, and fewer steps than the interval;
+    the last checkpoint is always the trained model, and each span's mean lr is its own."""
+    cfg = load_config(
+        None, settings(tmp_path, tiny_model_dir, "run", f"train.save_every_steps={every}")
+    )
+    _, out = run_train(cfg, dp_file)
+    ckpts = out["checkpoints"]
+    assert [c["step"] for c in ckpts] == steps
+    assert [Path(c["path"]).name for c in ckpts] == [f"step-{s}" for s in steps]
+    bounds = [0, *steps]
+    for c, start, end in zip(ckpts, bounds, bounds[1:]):
+        want = sum(2e-4 * (6 - i) / 6 for i in range(start, end)) / (end - start)
+        assert c["mean_lr"] == pytest.approx(want)
 
 
 def test_same_config_reproduces_the_same_adapter(tmp_path, tiny_model_dir, dp_file):
@@ -211,8 +231,9 @@ def test_code_task_model_loads_with_transformers_and_peft(tmp_path, tiny_model_d
     from scoder.cli import app
 
     args = ["train", "--task", "code", "--data", str(dp_file), "--out", str(tmp_path / "run")]
-    for item in settings(tmp_path, tiny_model_dir)[1:]:
-        args += ["--set", item]
+    for item in settings(tmp_path, tiny_model_dir)[1:]:  # the code model has its own sections
+        item = item.replace("model.", "code_model.model.", 1) if item.startswith("model.") else item
+        args += ["--set", item.replace("train.", "code_model.train.", 1)]
     result = CliRunner().invoke(app, [*args, "--merge"])
     assert result.exit_code == 0, result.output
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train"]

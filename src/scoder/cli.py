@@ -250,7 +250,9 @@ def train(
     data: Annotated[
         Path | None, typer.Option(help="Training rows JSONL (e.g. RUN/teacher/kept.jsonl).")
     ] = None,
-    task: Annotated[str, typer.Option(help="synthesizer or code.")] = "synthesizer",
+    task: Annotated[
+        str, typer.Option(help="synthesizer (model, train) or code (code_model.model, .train).")
+    ] = "synthesizer",
     model: Annotated[
         str | None, typer.Option(help="Hub id or local model directory (default: embedded).")
     ] = None,
@@ -272,12 +274,16 @@ def train(
     """Fine-tune with TRL (LoRA by default); a checkpoint per epoch for influence (RUN/train/)."""
     if task not in ("synthesizer", "code"):
         raise ScoderError(f"--task is synthesizer or code (got {task!r})")
-    cfg = _config(config, set_, out, [f"model.name={model}"] if model else [])
+    code = task == "code"
+    section = "code_model.model" if code else "model"
+    cfg = _config(config, set_, out, [f"{section}.name={model}"] if model else [])
     with run_lock(cfg.run_dir, "scoder train"):
         run, result = run_train(
             cfg,
             data,
             task=task,  # type: ignore[arg-type]
+            model=(cfg.code_model.model or cfg.model) if code else None,
+            train_cfg=cfg.code_model.train if code else None,
             eval_data=eval_data,
             init_adapter=init_adapter,
             merge=merge,
@@ -554,6 +560,7 @@ def _print_rounds(result: LoopResult) -> None:
         "round",
         "generated",
         "best/seed",
+        "unscored",
         "selected",
         "mean score",
         "held-out loss",
@@ -565,6 +572,7 @@ def _print_rounds(result: LoopResult) -> None:
             str(s.round),
             str(s.generated),
             str(s.best_per_seed),
+            "-" if s.unscored_rate is None else f"{s.unscored_rate:.0%}",
             str(s.selected),
             _fmt(s.mean_selected_score),
             ", ".join(f"{k} {_fmt(v)}" for k, v in (s.heldout_dp_loss or {}).items()) or "-",

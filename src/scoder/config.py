@@ -46,6 +46,12 @@ class ModelConfig(_Section):
         "SmolLM2-135M-Instruct.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    served_name: str | None = Field(
+        default=None,
+        description="openai backend: the name the server lists the model under, when it is not "
+        "`name` (vllm --served-model-name, scoder serve --served-model-name). `name` stays the "
+        "weights' hub id or directory: training and influence load them from there.",
+    )
     backend: Literal["transformers", "openai"] = Field(
         default="transformers",
         description="transformers = in process; openai = any OpenAI-compatible server (base_url).",
@@ -65,6 +71,20 @@ class ModelConfig(_Section):
         default=None,
         description="openai backend: {prompt: USD, completion: USD} -> cost in the manifest.",
     )
+    lora_adapters: Literal["load", "preloaded"] = Field(
+        default="load",
+        description="openai backend, sampling from LoRA checkpoints: load = register each "
+        "checkpoint with the server at run time (POST /v1/load_lora_adapter, as vLLM with "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and scoder serve do; the server must see the "
+        "checkpoint directories, see lora_path_map); preloaded = the server already serves "
+        "each checkpoint under its name (vllm serve --lora-modules NAME=PATH).",
+    )
+    lora_path_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="openai backend, lora_adapters=load: {local directory: the same directory "
+        "as the server sees it}; checkpoint paths under a local directory are sent rewritten. "
+        "Empty = the server sees this machine's paths.",
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto = bfloat16 on CUDA, float32 on CPU (no native bf16)."
@@ -83,8 +103,8 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> ModelConfig:
-        if self.backend == "openai" and not (self.base_url and self.name):
-            raise ValueError("the openai backend needs base_url and name (the served model name)")
+        if self.backend == "openai" and not (self.base_url and (self.name or self.served_name)):
+            raise ValueError("the openai backend needs base_url and name (or served_name)")
         return self
 
     @field_validator("batch_size")
@@ -130,6 +150,12 @@ class SynthesisConfig(_Section):
     chunk_size: int = Field(
         default=32, ge=1, description="Seeds per saved chunk; a re-run resumes after the last one."
     )
+    prefill: Literal["auto", "never"] = Field(
+        default="auto",
+        description="auto = start the answer for the model (`### Problem`) when the backend can "
+        "continue an assistant message (in process, vLLM, scoder serve: probed once per server); "
+        "never = always a plain chat turn, as every server answers.",
+    )
 
     @field_validator("template")
     @classmethod
@@ -172,13 +198,19 @@ class ScoreConfig(_Section):
     judge: ModelConfig = Field(
         default_factory=ModelConfig, description="The judge model (default: the embedded model)."
     )
-    template: str = "judge-v1"
+    template: str = "judge-v2"
     aspects: list[Aspect] = Field(default_factory=lambda: list(DEFAULT_ASPECTS), min_length=1)
     weights: dict[str, float] | None = Field(
         default=None, description="Aspect -> weight (>= 0); none = equal weights."
     )
     weights_file: Path | None = Field(
         default=None, description="weights.json written by `scoder score --fit-weights`."
+    )
+    scoring: Literal["auto", "integers"] = Field(
+        default="auto",
+        description="auto = each aspect's score is its expected value over the judge's "
+        "probabilities of the digits 0-9 where the backend gives them (in process: teacher-forced "
+        "JSON; a server: logprobs), else the integer it wrote; integers = always the integer.",
     )
     max_new_tokens: int = Field(default=64, ge=8)
     retry_temperature: float = Field(
@@ -225,6 +257,11 @@ class TeacherConfig(_Section):
         description="generate = a (strong) model from seeds, with the synthesis prompt; import = "
         "an OSS-Instruct-style file or dataset; derive = problems + solutions (+ tests), the seed "
         "cut out of the solution.",
+    )
+    model: ModelConfig | None = Field(
+        default=None,
+        description="generate: the teacher model (e.g. a strong model behind an API); none = "
+        "the synthesizer's `model` writes D_p itself.",
     )
     source: str | None = Field(
         default=None, description="import/derive: a .jsonl/.parquet file or hf:DATASET."
@@ -463,18 +500,40 @@ class FinalConfig(_Section):
     score: bool = Field(
         default=True, description="Verify + judge the final samples; keep the best per seed."
     )
-    code_model: bool = Field(
-        default=False, description="Fine-tune a code model (train.task=code) on the dataset."
-    )
-    code_model_name: str | None = Field(
-        default=None, description="Base model of the code model (none = model.name)."
-    )
-    eval_benchmarks: list[BenchmarkName] = Field(
-        default_factory=list, description="Evaluate the code model on these (e.g. humaneval)."
-    )
     license: str | None = Field(
         default=None, description="Dataset license for the data card (else: unknown)."
     )
+
+
+class CodeModelConfig(_Section):
+    """The code model tuned on the final dataset (the paper's SCoder), and its evaluation."""
+
+    enabled: bool = Field(default=False, description="Fine-tune a code model on the dataset.")
+    model: ModelConfig | None = Field(
+        default=None,
+        description="Its base model (e.g. deepseek-ai/deepseek-coder-6.7b-base); none = the "
+        "synthesizer's `model`.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Its own training (full fine-tune with lora: false, lr, epochs, batch, "
+        "max_length, template); the synthesizer's is the top-level `train`.",
+    )
+    eval_benchmarks: list[BenchmarkName] = Field(
+        default_factory=list, description="Evaluate it on these (e.g. [humaneval, mbppplus])."
+    )
+    eval_prompt: Literal["sft", "completion"] = Field(
+        default="sft",
+        description="How it is prompted in evaluation: sft = an instruction in the format it was "
+        "trained on (its chat template, or the plain transcript for a base model); completion = "
+        "the benchmark prompt itself, continued as plain text (a base model's standard).",
+    )
+
+    @model_validator(mode="after")
+    def _eval_needs_the_model(self) -> CodeModelConfig:
+        if self.eval_benchmarks and not self.enabled:
+            raise ValueError("eval_benchmarks evaluates the code model: set enabled: true")
+        return self
 
 
 class Config(_Section):
@@ -492,8 +551,29 @@ class Config(_Section):
     benchmark_files: BenchmarkFilesConfig = Field(default_factory=BenchmarkFilesConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     final: FinalConfig = Field(default_factory=FinalConfig)
+    code_model: CodeModelConfig = Field(default_factory=CodeModelConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+
+    @model_validator(mode="after")
+    def _synthesizer_checkpoints(self) -> Config:
+        """What the rounds sample from must exist: caught here, not after hours of enhance."""
+        loop, train = self.loop, self.train
+        problems = []
+        if loop.enhance and not train.lora:
+            problems.append(
+                "train.lora=false: the synthesizer is sampled (and influence is taken) from its "
+                "LoRA checkpoints; a full fine-tune is for the code model (code_model.train.lora)"
+            )
+        per_training = train.epochs if train.save_every_steps is None else None
+        if loop.enhance and loop.checkpoints and per_training and loop.checkpoints > per_training:
+            problems.append(
+                f"loop.checkpoints={loop.checkpoints}, but a training of train.epochs="
+                f"{train.epochs} makes {per_training} checkpoint(s) (one per epoch)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def load_config(
@@ -556,6 +636,9 @@ MOVED_KEYS = {
     "train.eval_data": "pass the file to `scoder train --eval-data FILE`",
     "train.init_adapter": "pass the adapter to `scoder train --init-adapter DIR`",
     "train.merge": "pass `scoder train --merge`",
+    "final.code_model": "set code_model.enabled",
+    "final.code_model_name": "set code_model.model.name",
+    "final.eval_benchmarks": "set code_model.eval_benchmarks",
 }
 
 

@@ -158,7 +158,7 @@ def run_teacher(
                 f"no seeds at {seeds_path}: run `scoder seeds` first or pass --seeds FILE"
             )
         identity.update(
-            model=config.model.model_dump(mode="json"),
+            model=(cfg.model or config.model).model_dump(mode="json"),
             synthesis=config.synthesis.model_dump(mode="json"),
             seeds=file_digest(seeds_path),
         )
@@ -169,7 +169,7 @@ def run_teacher(
         unparsed: list[Any] = []
         if cfg.route == "generate":
             seeds = read_jsonl(seeds_path, Seed)[: cfg.limit or None]
-            backend = backend or load_backend(config.model)
+            backend = backend or load_backend(cfg.model or config.model)
             backend.use_request_log(out / "requests.jsonl")
             result = synthesize(
                 seeds,

@@ -46,7 +46,7 @@ def build_examples(
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise ScoderError(f"{source}: row {i + 1} has no text field {key!r}")
         if task == "synthesizer":
-            prompt = template.chat(row["seed_text"])[:-1]
+            prompt = template.chat(row["seed_text"])
             completion = template.answer(row["problem"], row["solution"], row.get("tests"))
         else:
             prompt = [{"role": "user", "content": row["problem"]}]
@@ -136,6 +136,11 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
             if not save_every_steps:
                 self._save(kwargs["model"], state, f"epoch-{round(state.epoch)}")
 
+        def on_train_end(self, args, state, control, **kwargs):
+            # the steps after the last multiple of save_every_steps (or all of them, when there
+            # are fewer): the last checkpoint is always the trained model
+            self._save(kwargs["model"], state, f"step-{state.global_step}")
+
         def _save(self, model, state, name):
             if not self.steps:
                 return
@@ -156,9 +161,8 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
 
 
 def _examples(
-    path: Path, config: Config, task: Task, tokenizer: Any, plain: bool
+    path: Path, config: Config, cfg: TrainConfig, task: Task, tokenizer: Any, plain: bool
 ) -> tuple[list[dict], int, Counter]:
-    cfg = config.train
     rows = read_jsonl(path)[: cfg.limit or None]
     built = build_examples(rows, task, config.synthesis.template, str(path), plain=plain)
     examples, dropped = drop_untrainable(built, tokenizer, cfg.max_length)
@@ -178,6 +182,7 @@ def build_trainer(
     *,
     eval_examples: list[dict] | None = None,
     callbacks: list[Any] = (),
+    train_cfg: TrainConfig | None = None,
 ) -> Any:
     """TRL's SFTTrainer as scoder configures it: completion-only loss, LoRA or full, optional
     packing, bf16 on CUDA and fp32 elsewhere, no HF checkpoints (scoder writes its own)."""
@@ -186,7 +191,7 @@ def build_trainer(
     from peft import LoraConfig, PeftModel
     from trl import SFTConfig, SFTTrainer
 
-    cfg = config.train
+    cfg = train_cfg or config.train
     device = next(model.parameters()).device
     already_adapted = isinstance(model, PeftModel)  # continuing an earlier adapter
     peft_config = (
@@ -253,6 +258,8 @@ def run_train(
     init_adapter: Path | None = None,
     merge: bool = False,
     model: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    checkpoints: bool = True,
     run: RunDir | None = None,
     force: bool = False,
 ) -> tuple[RunDir, dict[str, Any]]:
@@ -262,11 +269,13 @@ def run_train(
     `eval_data`: rows whose completion loss is measured before training and after every epoch
     (e.g. held-out D_p). `init_adapter`: continue this LoRA adapter instead of a fresh one.
     `merge`: also write the model with the adapter merged (RUN/train/model/), loadable without
-    peft.
+    peft. `model` and `train_cfg` default to the synthesizer's (config.model, config.train); the
+    code model has its own. `checkpoints=False` writes no per-epoch checkpoints (a code model
+    needs only its final weights, and a full fine-tune's Adam state is twice the model).
     """
     import torch
 
-    cfg = config.train
+    cfg = train_cfg or config.train
     model_cfg = model or config.model
     run = run or RunDir(config.run_dir)
     problems = []
@@ -282,9 +291,9 @@ def run_train(
     ref = resolve_model(model_cfg.name, revision=model_cfg.revision)
     tokenizer = load_tokenizer(ref)
     plain = resolve_template(cfg, tokenizer, ref.id)
-    examples, n_rows, dropped = _examples(data_path, config, task, tokenizer, plain)
+    examples, n_rows, dropped = _examples(data_path, config, cfg, task, tokenizer, plain)
     eval_examples = (
-        _examples(Path(eval_data), config, task, tokenizer, plain)[0] if eval_data else None
+        _examples(Path(eval_data), config, cfg, task, tokenizer, plain)[0] if eval_data else None
     )
     if task == "synthesizer":
         template = SYNTHESIS_TEMPLATES[config.synthesis.template]
@@ -297,6 +306,7 @@ def run_train(
             "train": cfg.model_dump(mode="json"),
             "task": task,
             "merge": merge,
+            "checkpoints": checkpoints,
             "model": ref.digest,
             "device": model_cfg.device,
             "dtype": model_cfg.dtype,
@@ -327,7 +337,8 @@ def run_train(
             examples,
             out,
             eval_examples=eval_examples,
-            callbacks=[callback],
+            callbacks=[callback] if checkpoints else [],
+            train_cfg=cfg,
         )
         eval_losses = [trainer.evaluate()["eval_loss"]] if eval_examples else []
         result = trainer.train()

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from scoder import __version__
 from scoder.config import Config, EvalConfig
@@ -31,6 +31,7 @@ from scoder.models import load_backend
 from scoder.models.base import GenerationBackend
 from scoder.sandbox import available_isolation
 from scoder.store import RunDir, file_digest, fingerprint, write_json, write_jsonl
+from scoder.templates import PLAIN_TEMPLATE_ID
 
 
 def benchmark_file(config: Config, benchmark: str) -> Path:
@@ -137,12 +138,14 @@ def run_eval(
     benchmark: str,
     *,
     samples_path: Path | None = None,
+    prompt: Literal["auto", "chat", "completion"] | None = None,
     run: RunDir | None = None,
     force: bool = False,
     backend: GenerationBackend | None = None,
 ) -> BenchmarkRun:
     """`scoder eval` for one benchmark: generate (or read samples), execute, write
-    RUN/eval/<benchmark>/results.json and samples.jsonl."""
+    RUN/eval/<benchmark>/results.json and samples.jsonl. `prompt` overrides eval.prompt (the loop
+    prompts its code model the way that model was trained)."""
     cfg = config.eval
     started = time.perf_counter()
     path = benchmark_file(config, benchmark)
@@ -163,7 +166,8 @@ def run_eval(
     else:
         backend = backend or load_backend(config.model)
         model = backend.describe()
-        template = pick_template(backend, cfg.prompt, cfg.chat_template, cfg.completion_template)
+        mode = prompt or cfg.prompt
+        template = pick_template(backend, mode, cfg.chat_template, cfg.completion_template)
         decoding = _decoding(cfg, config.random_seed)
         source = {"model": model["id"]}
     stage = f"eval/{benchmark}"
@@ -207,7 +211,16 @@ def run_eval(
             source=source,
             prompt=None
             if template is None
-            else {"mode": template.kind, "template": template.id, "digest": template.digest},
+            else {
+                "mode": template.kind,
+                "chosen": "auto" if mode == "auto" else "explicitly",
+                "template": template.id,
+                "digest": template.digest,
+                # what turns the prompt into the model's input (a server applies its own template)
+                "rendered_with": "chat template"
+                if backend.uses_chat_template
+                else PLAIN_TEMPLATE_ID,
+            },
             decoding=decoding,
             tasks_without_samples=sum(t.task_id not in solutions for t in tasks),
             excluded=excluded,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scoder.config import Config, ModelConfig
+from scoder.errors import ScoderError
 from scoder.ledger import LEDGER, Decision, Ledger, Step
 from scoder.loop.context import Run
 from scoder.loop.final import code_model, evaluate, final_dataset
@@ -70,10 +71,23 @@ LOOP_OUTPUTS = (
 )
 
 
+def check(config: Config) -> None:
+    """What `scoder run` needs that a stage alone does not, said at once, before any work."""
+    problems = []
+    if config.loop.enhance and config.teacher.route == "generate" and not config.teacher.limit:
+        problems.append(
+            "teacher.route=generate: set teacher.limit, the number of seeds the teacher writes "
+            "D_p from (seeds of its own, apart from every round's)"
+        )
+    if problems:
+        raise ScoderError("cannot run this config:\n  " + "\n  ".join(problems))
+
+
 def recipe(run: Run) -> LoopResult | None:
     """The whole method, step by step (see the module docstring). Returns the run's summary, or
     None in a dry run (whose decisions are in the ledger)."""
     config, ledger = run.config, run.ledger
+    check(config)
     loop = config.loop
     pool = seed_pool(run)
     dp = superior_samples(run, pool) if loop.enhance else None
@@ -92,11 +106,11 @@ def recipe(run: Run) -> LoopResult | None:
                 stopped = {"after_round": r, "reason": stop.reason}
                 break
     dataset = final_dataset(run, pool, synthesizer, rounds_run)
-    tuned = code_model(run, dataset) if dataset and config.final.code_model else None
+    tuned = code_model(run, dataset) if dataset and config.code_model.enabled else None
     evals = {}
     if tuned is not None:
         backend = _lazy(lambda: load_backend(_tuned_model(run, tuned)))
-        for benchmark in config.final.eval_benchmarks:
+        for benchmark in config.code_model.eval_benchmarks:
             evals[benchmark] = evaluate(run, tuned, benchmark, backend)
     if ledger.dry_run:
         return None
@@ -111,7 +125,14 @@ def recipe(run: Run) -> LoopResult | None:
 
 
 def _tuned_model(run: Run, tuned: Step[CodeModel]) -> ModelConfig:
-    return run.config.model.model_copy(update={"name": str(run.file(tuned.result.model))})
+    """The tuned code model, loaded the way its base model was (device, dtype), in process."""
+    base = run.config.code_model.model or run.config.model
+    update = {
+        "name": str(run.file(tuned.result.model)),
+        "backend": "transformers",
+        "revision": None,
+    }
+    return base.model_copy(update=update)
 
 
 def _lazy(make: Callable[[], Any]) -> Callable[[], Any]:

@@ -9,7 +9,7 @@ from scoder import train
 from scoder.dataset import data_card, write_dataset
 from scoder.eval import EVALUATOR_VERSION, benchmark_file, run_eval
 from scoder.ledger import Step
-from scoder.loop.context import Run, model_reads, training_reads
+from scoder.loop.context import Run, model_reads
 from scoder.loop.inputs import seed_slice
 from scoder.loop.results import CodeModel, Dataset, EvalScore, SeedPool, Synthesizer
 from scoder.loop.rounds import best_per_seed, sample
@@ -71,11 +71,11 @@ def final_dataset(
 
 
 def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
-    """Fine-tune the code model (final.code_model_name, else model.name) on the dataset, with
-    the adapter merged so any tool loads it."""
+    """Fine-tune the code model (its own `code_model` sections) on the dataset; a LoRA is merged,
+    so any tool loads the result. No per-epoch checkpoints: only the final model is wanted."""
     config = run.config
-    name = config.final.code_model_name
-    model = config.model.model_copy(update={"name": name}) if name else config.model
+    cfg = config.code_model
+    model = cfg.model or config.model
 
     def make(discard: bool) -> CodeModel:
         _, out = train.run_train(
@@ -84,6 +84,8 @@ def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
             task="code",
             merge=True,
             model=model,
+            train_cfg=cfg.train,
+            checkpoints=False,
             run=run.at("code-model"),
             force=discard,
         )
@@ -93,7 +95,11 @@ def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
         "code-model",
         CodeModel,
         code=train.VERSION,
-        reads={**training_reads(config), "model": model_reads(model, generation=False)},
+        reads={
+            "model": model_reads(model, generation=False),
+            "train": cfg.train.model_dump(mode="json"),
+            "random_seed": config.random_seed,
+        },
         after=[dataset],
         outputs=["code-model"],
         run=make,
@@ -103,11 +109,20 @@ def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
 def evaluate(
     run: Run, tuned: Step[CodeModel], benchmark: str, backend: Callable
 ) -> Step[EvalScore]:
-    """`scoder eval` of the code model on one benchmark (RUN/eval/<benchmark>/)."""
+    """`scoder eval` of the code model on one benchmark (RUN/eval/<benchmark>/), prompted the way
+    it was trained (code_model.eval_prompt)."""
     config = run.config
+    prompt = "chat" if config.code_model.eval_prompt == "sft" else "completion"
 
     def make(discard: bool) -> EvalScore:
-        result = run_eval(config, benchmark, run=RunDir(run.path), backend=backend(), force=discard)
+        result = run_eval(
+            config,
+            benchmark,
+            prompt=prompt,
+            run=RunDir(run.path),
+            backend=backend(),
+            force=discard,
+        )
         return EvalScore(
             pass_at_k=result.results["pass_at_k"], results=run.rel(result.results_path)
         )
@@ -118,6 +133,7 @@ def evaluate(
         code=EVALUATOR_VERSION,
         reads={
             "eval": config.eval.model_dump(mode="json"),
+            "eval_prompt": prompt,
             "benchmark_file": file_digest(benchmark_file(config, benchmark)),
             "random_seed": config.random_seed,
         },

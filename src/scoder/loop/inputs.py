@@ -9,21 +9,30 @@ from pathlib import Path
 from typing import Any
 
 from scoder import decontaminate, seeds, teacher
+from scoder.config import Config
 from scoder.errors import ScoderError
 from scoder.ledger import Step
-from scoder.loop.context import Run, decontamination_reads, synthesis_reads
+from scoder.loop.context import Run, decontamination_reads, model_reads, synthesis_reads
 from scoder.loop.results import Dp, SeedPool, Seeds
 from scoder.records import Seed
 from scoder.store import RunDir, file_digest, read_jsonl, write_jsonl
 
 
+def teacher_seeds(config: Config) -> int:
+    """How many seeds of the pool the teacher writes D_p from (route generate): its own, after
+    the rounds' and the final stage's, so D_p never shares a seed with them."""
+    generated = config.loop.enhance and config.teacher.route == "generate"
+    return (config.teacher.limit or 0) if generated else 0
+
+
 def seed_pool(run: Run) -> Step[SeedPool]:
-    """Every seed the run needs, mined once and decontaminated: each round and the final stage
-    take a fresh slice. Mining more seeds of the same config starts with the same seeds, so a
-    pool grown for more rounds or final samples leaves every slice already taken unchanged."""
+    """Every seed the run needs, mined once and decontaminated: each round, the final stage and
+    the teacher take a fresh slice. Mining more seeds of the same config starts with the same
+    seeds, so a pool grown for more rounds or final samples leaves every slice already taken
+    unchanged."""
     config = run.config
     loop, final = config.loop, config.final
-    needed = loop.rounds * loop.seeds_per_round + final.samples
+    needed = loop.rounds * loop.seeds_per_round + final.samples + teacher_seeds(config)
     mine = max(config.seeds.max_seeds or 0, math.ceil(needed * 1.25) + 4)  # filters drop a few
     reads: dict[str, Any] = {
         "seeds": config.seeds.model_dump(mode="json", exclude={"max_seeds"}),
@@ -52,8 +61,9 @@ def seed_pool(run: Run) -> Step[SeedPool]:
         if len(kept) < needed:
             raise ScoderError(
                 f"the seed source gave {len(kept)} usable seeds; {loop.rounds} rounds x "
-                f"{loop.seeds_per_round} seeds + {final.samples} final samples need {needed}. "
-                "Lower loop.seeds_per_round / final.samples, or add seeds."
+                f"{loop.seeds_per_round} seeds + {final.samples} final samples (+ "
+                f"{teacher_seeds(config)} for the teacher) need {needed}. Lower "
+                "loop.seeds_per_round / final.samples / teacher.limit, or add seeds."
             )
         return SeedPool(seeds=where, usable=len(kept), mined_for=mine)
 
@@ -97,10 +107,16 @@ def seed_slice(
 
 
 def superior_samples(run: Run, pool: Step[SeedPool]) -> Step[Dp]:
-    """D_p from the teacher, decontaminated, shuffled and split into train and held-out."""
+    """D_p from the teacher, decontaminated, shuffled and split into train and held-out. A
+    teacher that generates writes from seeds of its own (round 0's slice, after every other)."""
     config = run.config
     cfg = config.teacher
     generated = cfg.route == "generate"
+    loop = config.loop
+    own = None
+    if generated:
+        start = loop.rounds * loop.seeds_per_round + config.final.samples
+        own = seed_slice(run, pool, "round-0/seeds", "rounds/0", start, teacher_seeds(config))
     reads: dict[str, Any] = {
         "teacher": cfg.model_dump(mode="json"),
         "random_seed": config.random_seed,
@@ -111,12 +127,13 @@ def superior_samples(run: Run, pool: Step[SeedPool]) -> Step[Dp]:
     source = source or (Path(cfg.source) if cfg.source else None)
     if source is not None and source.is_file():
         reads["source_digest"] = file_digest(source)
-    if generated:  # the synthesizer itself writes D_p from the mined seeds
+    if generated:  # the teacher model (or the synthesizer) writes with the synthesis prompt
         reads["synthesis"] = synthesis_reads(config)
+        reads["model"] = model_reads(cfg.model or config.model)
 
     def make(discard: bool) -> Dp:
         top = RunDir(run.path)
-        seeds_file = run.path / "seeds" / "kept.jsonl" if generated else None
+        seeds_file = run.file(own.result.seeds) if own else None
         _, samples = teacher.run_teacher(config, seeds_file, run=top, force=discard)
         if config.loop.decontaminate:
             samples = decontaminate.run_decontaminate(
@@ -145,7 +162,7 @@ def superior_samples(run: Run, pool: Step[SeedPool]) -> Step[Dp]:
         Dp,
         code=f"{teacher.VERSION}+{decontaminate.VERSION}",
         reads=reads,
-        after=[pool] if generated else [],
+        after=[own] if own else [],
         outputs=["teacher", "dp", *(["decontaminate/dp"] if config.loop.decontaminate else [])],
         run=make,
     )

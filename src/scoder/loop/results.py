@@ -39,6 +39,7 @@ class Candidates(BaseModel):
     candidates: str | None  # a stage's kept.jsonl; None when nothing survived
     count: int
     generated: int | None = None  # samples drawn (synthesis only)
+    unscored_rate: float | None = None  # candidates the judge gave no scores (scoring only)
 
 
 class Selection(BaseModel):
@@ -55,6 +56,7 @@ class RoundSummary(BaseModel):
     parsed: int
     decontaminated: int | None  # None: decontamination off
     best_per_seed: int
+    unscored_rate: float | None = None  # of the judged candidates
     selected: int
     selection: str
     mean_selected_score: float | None

@@ -10,6 +10,7 @@ from typing import Any
 
 from scoder import decontaminate, score, select, synthesize
 from scoder.config import LoopConfig
+from scoder.errors import ScoderError
 from scoder.ledger import Step
 from scoder.loop.context import (
     Run,
@@ -57,6 +58,11 @@ def sample(
 
     def generate(discard: bool) -> Candidates:
         checkpoints = pick(synthesizer.result.checkpoints) if synthesizer else []
+        if synthesizer and not checkpoints:
+            raise ScoderError(
+                f"{prefix}: the synthesizer it samples from has no checkpoint (its training "
+                "saved none); nothing to sample from"
+            )
         _, result = synthesize.run_synthesize(
             config,
             run.file(seed_slice_.result.seeds),
@@ -118,15 +124,20 @@ def best_per_seed(
         if not pool.result.candidates:
             return Candidates(candidates=None, count=0)
         path = run.file(pool.result.candidates)
+        unscored = None
         if scorer:
             _, result = score.run_score(config, path, run=run.at(where), force=discard)
-            kept = len(result.selected)
+            kept, unscored = len(result.selected), result.summary["unscored_rate"]
         else:
             _, picked = score.run_pick_random(
                 config, path, seed=pick_seed, run=run.at(where), force=discard
             )
             kept = len(picked.kept)
-        return Candidates(candidates=f"{where}/score/kept.jsonl" if kept else None, count=kept)
+        return Candidates(
+            candidates=f"{where}/score/kept.jsonl" if kept else None,
+            count=kept,
+            unscored_rate=unscored,
+        )
 
     reads: dict[str, Any] = {"scorer": scorer}
     reads.update(score_reads(config) if scorer else {"pick_seed": pick_seed})
@@ -226,6 +237,12 @@ def one_round(
     where = f"rounds/{r}"
 
     def last_m(checkpoints: list[str]) -> list[str]:
+        if loop.checkpoints and len(checkpoints) < loop.checkpoints:
+            raise ScoderError(
+                f"round {r}: loop.checkpoints={loop.checkpoints}, but the synthesizer it samples "
+                f"from has {len(checkpoints)} checkpoint(s); lower loop.checkpoints or save more "
+                "often (train.save_every_steps)"
+            )
         return checkpoints[-loop.checkpoints :] if loop.checkpoints else list(checkpoints)
 
     which = f"last {loop.checkpoints}" if loop.checkpoints else "all"
@@ -292,6 +309,7 @@ def summarize(
             parsed=generated.count,
             decontaminated=sampled.pool.result.count if loop.decontaminate else None,
             best_per_seed=best.result.count,
+            unscored_rate=best.result.unscored_rate,
             selected=chosen.count,
             selection=loop.selection,
             mean_selected_score=chosen.mean_selected_score,
