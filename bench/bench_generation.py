@@ -86,7 +86,7 @@ def main() -> None:
     seeds, _ = mine_seeds(
         SeedsConfig(max_seeds=args.prompts, max_lines=25, max_chars=1000), random_seed=0
     )
-    chats = [OSS_INSTRUCT_V1.chat(s.text) for s in seeds]
+    chats = [OSS_INSTRUCT_V1.chat(s.text, prefill=True) for s in seeds]
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
     ref = resolve_model(args.model)
     backend = TransformersBackend(ref, device=args.device)

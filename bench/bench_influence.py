@@ -45,7 +45,7 @@ def mbpp_examples(path: Path, tokenizer, count: int) -> list[Example]:
     rows = [r for r in rows if 601 <= r["task_id"] <= 974][:count]
     out = []
     for r in rows:
-        chat = OSS_INSTRUCT_V1.chat(r["code"])[:-1]
+        chat = OSS_INSTRUCT_V1.chat(r["code"])
         prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         answer = (
             f"### Problem\n{r['text']}\n\n### Solution\n```python\n{r['code']}\n```\n\n"

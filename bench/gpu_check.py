@@ -58,7 +58,7 @@ def main() -> None:
     )
     print(torch.cuda.get_device_name(), "| backend:", backend.describe(), flush=True)
 
-    chats = [OSS_INSTRUCT_V1.chat(s) for s in SNIPPETS[: args.prompts]]
+    chats = [OSS_INSTRUCT_V1.chat(s, prefill=True) for s in SNIPPETS[: args.prompts]]
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
 
     # 1. correctness on CUDA/bf16: batched + shared prefix vs plain generate
