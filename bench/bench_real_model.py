@@ -55,8 +55,8 @@ def one_round(name: str, sets: list[str], seeds: Path, root: Path, backend=None)
     parsed, dropped = synth.accepted, synth.rejected
     total = len(parsed) + len(dropped)
     executed = [c for c in scored.scored if c.execution is not None]
-    judging = run.load_manifest()["stages"]["score"]["judging"]
-    caps = run.load_manifest()["stages"]["synthesize"]["capabilities"]
+    stages = run.load_manifest()["stages"]
+    judging, caps = stages["score"]["judging"], stages["synthesize"]["capabilities"]
     out = {
         "path": name,
         "samples": total,

@@ -12,21 +12,21 @@ of the per-round ratio of samples/s (target >= 0.8).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
+from pathlib import Path
 
-from scoder.config import SeedsConfig
-from scoder.models import SamplingParams, resolve_model
-from scoder.models.hf import TransformersBackend
-from scoder.models.openai_backend import OpenAIBackend
-from scoder.seeds import mine_seeds
-from scoder.templates import OSS_INSTRUCT_V1
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import scoder_serve  # noqa: E402
+
+from scoder.config import SeedsConfig  # noqa: E402
+from scoder.models import SamplingParams, resolve_model  # noqa: E402
+from scoder.models.hf import TransformersBackend  # noqa: E402
+from scoder.models.openai_backend import OpenAIBackend  # noqa: E402
+from scoder.seeds import mine_seeds  # noqa: E402
+from scoder.templates import OSS_INSTRUCT_V1  # noqa: E402
 
 
 def main() -> None:
@@ -41,35 +41,7 @@ def main() -> None:
     )
     chats = [OSS_INSTRUCT_V1.chat(s.text, prefill=True) for s in seeds]
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scoder.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--served-model-name",
-            "smol",
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ.copy(),
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as r:
-                    json.load(r)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with scoder_serve(None, "smol") as (url, _):
         local = TransformersBackend(resolve_model(None), device="cpu", batch_size=args.prompts)
         remote = OpenAIBackend(base_url=url, model="smol", max_concurrency=args.prompts)
         print(
@@ -98,9 +70,6 @@ def main() -> None:
             f"median: in process {statistics.median(rates['in process']):.3f}, HTTP {statistics.median(rates['HTTP']):.3f} "
             f"samples/s; ratio {statistics.median(ratios):.2f}"
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

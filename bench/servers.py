@@ -52,10 +52,13 @@ def _server(command: Sequence[str], port: int, what: str) -> Iterator[tuple[str,
         log.unlink(missing_ok=True)
 
 
-def scoder_serve(model: str, name: str = "model", *extra: str) -> contextlib.AbstractContextManager:
+def scoder_serve(
+    model: str | None, name: str = "model", *extra: str
+) -> contextlib.AbstractContextManager:
+    """`scoder serve` over `model` (None: the embedded model) as `name`, with `extra` options."""
     port = free_port()
-    command = [sys.executable, "-m", "scoder.cli", "serve", "--model", model, "--port", str(port),
-               "--served-model-name", name, "--device", "cpu", *extra]  # fmt: skip
+    command = [sys.executable, "-m", "scoder.cli", "serve", *(["--model", model] if model else []),
+               "--port", str(port), "--served-model-name", name, "--device", "cpu", *extra]  # fmt: skip
     return _server(command, port, "scoder serve")
 
 

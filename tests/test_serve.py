@@ -67,6 +67,15 @@ def test_adapters_are_served_by_name(server):
     assert base[0][0].text != tuned[0][0].text
 
 
+def offline(log):
+    """A backend whose server is not there, answering from the request log `log`."""
+    backend = OpenAIBackend(
+        base_url=f"http://127.0.0.1:{free_port()}/v1", model="tiny", check_server=False
+    )
+    backend.use_request_log(log)
+    return backend
+
+
 def test_request_log_means_a_rerun_sends_nothing(server, tmp_path):
     log = tmp_path / "requests.jsonl"
     params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
@@ -74,15 +83,12 @@ def test_request_log_means_a_rerun_sends_nothing(server, tmp_path):
     first.use_request_log(log)
     a = first.generate(CHATS, 1, params)
     # the same requests against a server that is not there: answered from the log
-    offline = OpenAIBackend(
-        base_url=f"http://127.0.0.1:{free_port()}/v1", model="tiny", check_server=False
-    )
-    offline.use_request_log(log)
-    b = offline.generate(CHATS, 1, params)
+    replay = offline(log)
+    b = replay.generate(CHATS, 1, params)
     assert [c[0].text for c in a] == [c[0].text for c in b]
-    assert offline.usage["requests"] == 0 and offline.usage["cached_requests"] == 2
+    assert replay.usage["requests"] == 0 and replay.usage["cached_requests"] == 2
     log.write_text(log.read_text() + '{"key": "cut by a cra')  # a torn last line is ignored
-    offline.generate(CHATS, 1, params)
+    replay.generate(CHATS, 1, params)
 
 
 def test_clear_errors(server, monkeypatch):
@@ -210,12 +216,9 @@ def test_request_log_keeps_logprobs(server, tmp_path):
     first = OpenAIBackend(base_url=server, model="tiny")
     first.use_request_log(log)
     a = first.generate(CHATS, 1, params)
-    offline = OpenAIBackend(
-        base_url=f"http://127.0.0.1:{free_port()}/v1", model="tiny", check_server=False
-    )
-    offline.use_request_log(log)
-    b = offline.generate(CHATS, 1, params)  # capabilities from beside the log: no server needed
-    assert offline.usage["requests"] == 0 and offline.usage["cached_requests"] == 2
+    replay = offline(log)
+    b = replay.generate(CHATS, 1, params)  # capabilities from beside the log: no server needed
+    assert replay.usage["requests"] == 0 and replay.usage["cached_requests"] == 2
     assert [c[0].logprobs for c in a] == [c[0].logprobs for c in b] and a[0][0].logprobs
 
 

@@ -78,10 +78,9 @@ def _judge_by_choices(
             }
             scores = {n: max(dist, key=dist.get) for n, dist in zip(names, dists)}
             text = opening + "".join(f"{t}{space}{s}" for t, s in zip(steps, scores.values())) + "}"
-            method = "choices"
             out.append(
                 Judgement(scores=scores, expected=None if cfg.scoring == "integers" else expected,
-                          method=method, raw=[text])
+                          method="choices", raw=[text])
             )  # fmt: skip
         return out
     return None  # digits are not single tokens here: read the answer as text instead

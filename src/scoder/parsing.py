@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from scoder.filters import DropReasons
 from scoder.records import Drop
-from scoder.sandbox import is_assertion
+from scoder.sandbox import is_assertion, parse_code
 
 SynthesisDrop = Literal[
     "empty_output",
@@ -197,13 +197,6 @@ def _sections(text: str, blocks: list[_Block]) -> dict[str, str]:
     return out
 
 
-def _tree(code: str) -> ast.Module | None:
-    try:
-        return ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return None
-
-
 def _bare_code(body: str) -> str:
     """Code written without a fence: from its first code-like line, less trailing prose."""
     lines = body.splitlines()
@@ -213,7 +206,7 @@ def _bare_code(body: str) -> str:
     lines = lines[first:]
     for cut in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:cut]).strip("\n")
-        if candidate.strip() and _tree(candidate) is not None:
+        if candidate.strip() and parse_code(candidate) is not None:
             return candidate
         if len(lines) - cut > 40:  # prose rarely runs this long after code
             break
@@ -251,7 +244,7 @@ def _is_test_node(node: ast.stmt) -> bool:
 
 def _split_code(code: str) -> tuple[str, str]:
     """A block holding a solution and its tests: (the solution, the tests)."""
-    tree = _tree(code)
+    tree = parse_code(code)
     if tree is None:
         return code, ""
     lines = code.splitlines()
@@ -264,7 +257,7 @@ def _split_code(code: str) -> tuple[str, str]:
 
 
 def _looks_like_tests(code: str) -> bool:
-    tree = _tree(code)
+    tree = parse_code(code)
     return bool(tree and tree.body) and all(
         _is_test_node(n) or isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body
     )
@@ -337,7 +330,7 @@ def _parse(text: str) -> Parsed:
             if not solution.strip():
                 raise ParseFailure("empty_solution", "the code is all tests")
     tests = normalize_tests(tests)
-    tree = _tree(tests)
+    tree = parse_code(tests)
     if tree is None:
         raise ParseFailure("tests_syntax_error", "the tests do not parse once normalised")
     if not any(is_assertion(node) for node in ast.walk(tree)):
@@ -363,7 +356,7 @@ def normalize_tests(tests: str) -> str:
     """The tests as statements the harness runs and counts: calls for uncalled pytest-style test
     functions and for each test method of a TestCase; framework runners dropped; an unused
     `import pytest` dropped (the sandbox has only the standard library)."""
-    tree = _tree(tests)
+    tree = parse_code(tests)
     if tree is None:
         return tests
     lines = tests.splitlines()

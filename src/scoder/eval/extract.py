@@ -12,6 +12,7 @@ import ast
 import re
 
 from scoder.eval.benchmarks import BenchmarkTask
+from scoder.sandbox import parse_code
 
 _FENCE = re.compile(r"^[ \t]*```+[ \t]*([\w+.-]*)[^\n]*$", re.MULTILINE)
 _CODE_START = re.compile(r"^(?:def |async def |class |import |from \S+ import |@)", re.MULTILINE)
@@ -41,13 +42,6 @@ def _fenced_blocks(text: str) -> list[str]:
     return blocks
 
 
-def _parses(code: str) -> ast.Module | None:
-    try:
-        return ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return None
-
-
 def _longest_parsing_prefix(code: str) -> tuple[str, ast.Module] | None:
     """Drop trailing lines (prose after the code, or an answer cut off by max_new_tokens) until
     what is left parses; first by top-level chunks, then line by line within the last one."""
@@ -60,11 +54,11 @@ def _longest_parsing_prefix(code: str) -> tuple[str, ast.Module] | None:
     for cut in [len(lines), *reversed(starts)]:
         if cut == 0:
             continue
-        tree = _parses("".join(lines[:cut]))
+        tree = parse_code("".join(lines[:cut]))
         if tree is not None:
             return "".join(lines[:cut]), tree
     for cut in range(len(lines) - 1, 0, -1):
-        tree = _parses("".join(lines[:cut]))
+        tree = parse_code("".join(lines[:cut]))
         if tree is not None:
             return "".join(lines[:cut]), tree
     return None
@@ -127,7 +121,7 @@ def _indent(code: str) -> str:
 def _prompt_context(prompt: str, entry_point: str) -> tuple[list, list]:
     """The prompt's imports, and its helper definitions (HumanEval prompts import from typing, and
     some define helpers that the entry point uses)."""
-    tree = _parses(prompt)
+    tree = parse_code(prompt)
     if tree is None:
         return [], []
     imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]

@@ -37,6 +37,7 @@ from typing import Any
 
 from scoder.errors import ScoderError
 from scoder.models.base import Capabilities, Chat, Completion, SamplingParams, TokenLogprob
+from scoder.store import file_digest, write_json
 
 # The probe for structured output: an answer that only a server enforcing the schema gives to
 # "Say hello".
@@ -255,11 +256,8 @@ class OpenAIBackend:
         probed = self._probed()
         path = self._capabilities_path()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             kept = {"base_url": self.base_url, "model": self.model_id}
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({**kept, "capabilities": probed.to_dict()}, indent=2))
-            tmp.replace(path)
+            write_json(path, {**kept, "capabilities": probed.to_dict()})
         return probed
 
     # -- LoRA checkpoints -------------------------------------------------------------------
@@ -287,7 +285,7 @@ class OpenAIBackend:
                         f"{path} is not a LoRA adapter directory (adapter_config.json and "
                         "adapter_model.safetensors)"
                     )
-                served = f"{name}-{_sha256(weights)[:8]}"
+                served = f"{name}-{file_digest(weights).removeprefix('sha256:')[:8]}"
                 self._load_on_server(client, name, served, self._server_path(Path(path)))
                 self.adapters[name] = served
         finally:
@@ -587,11 +585,3 @@ def _follows_digit_schema(text: str | None) -> bool:
     if not isinstance(answer, dict) or set(answer) != {"digit"}:
         return False
     return type(answer["digit"]) is int and 0 <= answer["digit"] <= 9
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -68,7 +68,7 @@ from scoder.sandbox.result import (
     SandboxError,
     one_line,
 )
-from scoder.sandbox.statements import SplitTests, is_assertion, split_tests
+from scoder.sandbox.statements import SplitTests, is_assertion, parse_code, split_tests
 from scoder.sandbox.verdict import judge
 
 __all__ = [
@@ -80,6 +80,7 @@ __all__ = [
     "SplitTests",
     "available_isolation",
     "is_assertion",
+    "parse_code",
     "run_many",
     "run_program",
     "split_tests",

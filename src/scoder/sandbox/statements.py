@@ -13,6 +13,15 @@ from scoder.sandbox.result import one_line
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
+def parse_code(code: str) -> ast.Module | None:
+    """Model-written code as a syntax tree, or None where it is not Python: never raises (NUL
+    bytes, lone surrogates and nesting too deep for the parser included)."""
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+
+
 @dataclass(frozen=True)
 class SplitTests:
     """The top-level statements of a tests string, compiled, each flagged test or setup."""
