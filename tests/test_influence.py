@@ -18,7 +18,6 @@ from scoder.influence import (
     gradient_features,
     influence_scores,
     lora_modules,
-    tokenize_records,
 )
 
 VOCAB = 64
@@ -62,18 +61,16 @@ def examples(n: int, seed: int = 0) -> list[Example]:
 
 
 def loop_gradients(model, batch: list[Example]) -> list[torch.Tensor]:
-    """The reference: one sample at a time, loss.backward(), read .grad."""
+    """The oracle: one sample at a time, HF's own loss (the mean over the sample's response
+    tokens, LESS's definition), loss.backward(), read .grad."""
     out = []
     names = list(lora_modules(model))
     params = dict(model.named_parameters())
     for ex in batch:
         ids = torch.tensor([ex.prompt_ids + ex.response_ids])
+        labels = torch.tensor([[-100] * len(ex.prompt_ids) + ex.response_ids])
         model.zero_grad(set_to_none=True)
-        logits = model(input_ids=ids).logits
-        targets = ids[0, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[0, :-1], targets, reduction="none")
-        mask = torch.tensor([0.0] * (len(ex.prompt_ids) - 1) + [1.0] * len(ex.response_ids))
-        (losses * mask).sum().backward()
+        model(input_ids=ids, labels=labels).loss.backward()
         out.append(torch.cat([params[n].grad.flatten() for n in names]))
     return out
 
@@ -189,37 +186,65 @@ def test_bad_samples_are_flagged_not_scored():
         influence_scores([feats.vectors], [feats.vectors[:1]], [1.0])
 
 
-class _CharTokenizer:
-    """A real (if simple) tokenizer: one id per character, for the record-level API."""
-
-    eos_token_id = 1
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [2 + (ord(ch) % (VOCAB - 2)) for ch in text]}
-
-
 def test_gradient_features_public_api():
     model = tiny_lora_model()
-    tok = _CharTokenizer()
-    records = [
-        {"prompt": "def f(x):", "response": " return x"},
-        {"prompt": "hi", "response": "there!"},
-        {"prompt": "p", "response": ""},
-    ]
-    raw = gradient_features(model, tok, records, projection_dim=None, batch_tokens=16)
+    batch = [*examples(2, seed=5), Example(prompt_ids=[3, 4], response_ids=[])]
+    raw = gradient_features(model, batch, projection_dim=None, batch_tokens=16)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert raw.shape == (3, sum(p.numel() for p in trainable))
     # unprojected rows equal the backward loop, in named_parameters order
-    expected = loop_gradients(model, tokenize_records(tok, records[:2]))
-    for got, exp in zip(raw[:2], expected):
+    for got, exp in zip(raw[:2], loop_gradients(model, batch[:2])):
         assert (got - exp).norm() / exp.norm() <= 1e-5
     assert torch.isnan(raw[2]).all()  # no response token: undefined, not zero
-    projected = gradient_features(model, tok, records[:2], projection_dim=256, seed=3)
+    projected = gradient_features(model, batch[:2], projection_dim=256, seed=3)
     assert projected.shape == (2, 256)
     assert torch.allclose(projected.norm(dim=1), torch.ones(2), atol=1e-5)
-    with pytest.raises(InfluenceError, match="record 0 has no text field 'response'"):
-        gradient_features(model, tok, [{"prompt": "x"}])
+
+
+def test_the_loss_is_a_mean_per_sample_not_a_sum():
+    """A sample repeated twice over as its own response has twice the tokens: with the mean its
+    gradient keeps the scale of one copy (a sum would double it, and Adam preconditioning would
+    then favour long responses)."""
+    model = tiny_lora_model(seed=4)
+    once = Example(prompt_ids=[1, 2], response_ids=[5, 6, 7, 5, 6, 7])
+    featurizer = GradientFeaturizer(model, dim=10**9)
+    grads, _, tokens = featurizer.per_sample_gradients([once])
+    assert tokens.tolist() == [6]
+    flat = torch.cat([g[0].flatten() for g in grads.values()])
+    (expected,) = loop_gradients(model, [once])
+    assert (flat - expected).norm() / expected.norm() <= 1e-5
+    summed = expected * 6
+    assert (flat - summed).norm() / summed.norm() > 0.5
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_chunked_logits_and_gradient_checkpointing_change_nothing(checkpointing):
+    model = tiny_lora_model(seed=2)
+    batch = examples(4, seed=11)
+    reference = GradientFeaturizer(model, dim=10**9).features(batch, normalize=False).vectors
+    lean = GradientFeaturizer(
+        model, dim=10**9, loss_chunk_tokens=3, gradient_checkpointing=checkpointing
+    )
+    got = lean.features(batch, normalize=False).vectors
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-7)
+    assert not model.training  # checkpointing leaves the model as it found it
+
+
+def test_lora_on_the_output_layer_is_refused():
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(InfluenceError, match="output layer"):
+        GradientFeaturizer(model)
 
 
 def test_missing_optimizer_state_can_fall_back_to_plain_with_a_warning():

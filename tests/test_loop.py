@@ -563,3 +563,29 @@ def test_a_round_with_fewer_checkpoints_than_it_samples_stops_before_sampling(
     ledger = steps(tmp_path / "run")
     assert [Path(c).name for c in ledger["round-0/train"]["result"]["checkpoints"]] == ["step-4"]
     assert not (tmp_path / "run" / "rounds" / "1" / "synthesize").exists()
+
+
+def test_sampling_and_influence_checkpoints_are_separate_switches(
+    tmp_path, parrot_model_dir, uninterrupted
+):
+    """select.checkpoints re-runs the selection and leaves sampling alone; loop.checkpoints=1
+    (single-checkpoint Best-of-N) samples from the last checkpoint while influence still takes
+    all of them."""
+    run = copy_run(uninterrupted, tmp_path / "run")
+    plan = planned(variant(uninterrupted, run, tmp_path, select__checkpoints=1))
+    assert plan["round-1/synthesize"][0] == plan["round-1/score"][0] == "reuse"
+    assert plan["round-1/select"][0] == "re-run"
+    # how fast features are computed is not what they are: nothing re-runs
+    faster = variant(uninterrupted, run, tmp_path, select__chunk_rows=7, select__batch_tokens=512)
+    assert {action for action, _ in planned(faster).values()} == {"reuse"}
+
+    config = variant(uninterrupted, run, tmp_path, loop__checkpoints=1)
+    assert planned(config)["round-1/synthesize"][0] == "re-run"
+    finish(scoder_run(config))
+    manifest = json.loads((run / "rounds" / "1" / "manifest.json").read_text())["stages"]
+    summary = json.loads((run / "rounds" / "1" / "summary.json").read_text())
+    assert [Path(c).name for c in summary["sampled_from"]] == ["epoch-2"]
+    assert [Path(c["path"]).name for c in manifest["select"]["checkpoints"]] == [
+        "epoch-1",
+        "epoch-2",
+    ]

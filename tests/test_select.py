@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_candidate
@@ -15,7 +16,7 @@ from scoder.checkpoints import OPTIMIZER_FILE, read_checkpoint, save_checkpoint
 from scoder.config import load_config
 from scoder.errors import ScoderError
 from scoder.models import load_causal_lm, resolve_model
-from scoder.select import STRATEGIES, choose, run_select, training_records
+from scoder.select import STRATEGIES, choose, run_select, training_examples
 from scoder.store import read_jsonl
 
 ROWS = [
@@ -60,39 +61,40 @@ def candidate(i, seed, problem, solution, tests, score):
     )
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tiny_model_dir, tmp_path_factory):
-    """Two checkpoints of one short real LoRA training run (AdamW), optimizer state by name."""
-    root = tmp_path_factory.mktemp("ckpts")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+def train_checkpoints(model_dir, root, *, steps=(6, 12)):
+    """Checkpoints of one short real LoRA training run (AdamW), optimizer state by name."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(0)
     model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        AutoModelForCausalLM.from_pretrained(model_dir),
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
     )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    records = training_records(
+    examples = training_examples(
         [dict(zip(("seed_text", "problem", "solution", "tests"), r)) for r in ROWS],
         tokenizer,
-        "oss-instruct-v1",
+        load_config(None, [f"model.name={model_dir}"]),
         "rows",
     )
     paths = []
-    for step, rec in enumerate(records * 2, start=1):
-        ids = tokenizer(
-            rec["prompt"] + rec["response"], return_tensors="pt", add_special_tokens=False
-        )["input_ids"][:, :256]
+    for step, ex in enumerate(examples * 2, start=1):
+        ids = torch.tensor([(ex.prompt_ids + ex.response_ids)[:256]])
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
-        if step in (6, 12):
+        if step in steps:
             paths.append(
                 save_checkpoint(
                     root / f"epoch-{step // 6}", model, opt, mean_lr=1e-2 / (step // 6), step=step
                 )
             )
     return paths
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model_dir, tmp_path_factory):
+    return train_checkpoints(tiny_model_dir, tmp_path_factory.mktemp("ckpts"))
 
 
 def test_checkpoint_round_trip_keeps_adam_state_by_name(tiny_model_dir, checkpoints):
@@ -177,7 +179,11 @@ def test_shards_compute_features_that_the_full_run_reuses(tmp_path, tiny_model_d
     single = run_select(
         load_config(None, [f"run_dir={tmp_path / 'single'}", *common]), cands, **inputs
     )[1]
-    assert [c.influence for c in out.kept] == [c.influence for c in single.kept]
+    # shards batch other samples together: the same features up to float rounding
+    assert [c.id for c in out.kept] == [c.id for c in single.kept]
+    assert [c.influence for c in out.kept] == pytest.approx(
+        [c.influence for c in single.kept], rel=1e-5
+    )
     with pytest.raises(ScoderError, match="between 1 and 2"):
         run_select(load_config(None, sets), cands, shard=(3, 2), **inputs)
 
@@ -250,3 +256,215 @@ def test_strategies_share_one_shape_and_are_chosen_by_name(tmp_path):
     assert [c.id for c in out.kept] == ["c5", "c4"] and all(c.influence is None for c in out.kept)
     assert [c.id for c in out.baselines["judge_top_at_k"]] == ["c5", "c4"]
     assert (run.stage_dir("select") / "dropped.jsonl").is_file()
+
+
+def _sets(tmp_path, model_dir, *extra):
+    return [
+        f"run_dir={tmp_path / 'run'}",
+        f"model.name={model_dir}",
+        "model.device=cpu",
+        "select.k=3",
+        "select.projection_dim=1000000",  # >= the LoRA parameter count: exact, no projection
+        *extra,
+    ]
+
+
+def _hand_gradient(model, example):
+    """HF's own loss (mean over the response tokens) and backward, one sample alone: by name."""
+    ids = torch.tensor([example.prompt_ids + example.response_ids])
+    labels = torch.tensor([[-100] * len(example.prompt_ids) + example.response_ids])
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=labels).loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _hand_adam(grads, checkpoint):
+    """Adam's update direction from the checkpoint's saved moments, written out by hand."""
+    moments = load_file(str(checkpoint / OPTIMIZER_FILE))
+    info = json.loads((checkpoint / "scoder_checkpoint.json").read_text())
+    (b1, b2), eps, t = info["betas"], info["eps"], info["step"] + 1
+    out = {}
+    for name, g in grads.items():
+        key = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        m = b1 * moments[f"{key}.exp_avg"] + (1 - b1) * g
+        v = b2 * moments[f"{key}.exp_avg_sq"] + (1 - b2) * g * g
+        out[name] = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+    return out
+
+
+def _unit(grads):
+    flat = torch.cat([g.flatten() for g in grads.values()]).double()
+    return flat / flat.norm()
+
+
+def test_influence_at_two_checkpoints_equals_the_sum_by_hand(tmp_path, tiny_model_dir, checkpoints):
+    """influence = lr_1 cos_1 + lr_2 cos_2, each cos the mean over D_p of the cosine between the
+    candidate's Adam-preconditioned gradient and D_p's plain one, all computed here by hand; the
+    rows the stage stored are those very vectors."""
+    cands, dp = write_inputs(tmp_path)
+    config = load_config(None, _sets(tmp_path, tiny_model_dir))
+    run, out = run_select(config, cands, dp=dp, checkpoints=checkpoints)
+    got = {c.id: c.influence for c in out.kept + out.dropped}
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cand_rows = read_jsonl(cands)
+    cand_ex = training_examples(cand_rows, tokenizer, config, "c")
+    dp_ex = training_examples(read_jsonl(dp), tokenizer, config, "dp")
+    expected = torch.zeros(len(cand_ex), dtype=torch.float64)
+    for path in checkpoints:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)), adapter=path, trainable=True)
+        lr = json.loads((path / "scoder_checkpoint.json").read_text())["mean_lr"]
+        gammas = [_unit(_hand_adam(_hand_gradient(model, ex), path)) for ex in cand_ex]
+        plains = [_unit(_hand_gradient(model, ex)) for ex in dp_ex]
+        for i, gamma in enumerate(gammas):
+            expected[i] += lr * torch.stack([gamma @ p for p in plains]).mean()
+        # the stored feature rows are the preconditioned / plain unit vectors themselves
+        store = next(
+            d
+            for d in (run.path / "features").glob("*/*")
+            if json.loads((d / "spec.json").read_text())["checkpoint"] == str(path)
+        )
+        stored_c = np.load(next((store / "candidates-adam").glob("*.npy")))
+        stored_d = np.load(next((store / "dp-plain").glob("*.npy")))
+        np.testing.assert_allclose(stored_c, torch.stack(gammas).numpy(), atol=1e-5)
+        np.testing.assert_allclose(stored_d, torch.stack(plains).numpy(), atol=1e-5)
+    for row, value in zip(cand_rows, expected.tolist()):
+        assert got[row["id"]] == pytest.approx(value, rel=1e-4, abs=1e-9)
+
+
+def test_an_exact_copy_of_a_dp_row_ranks_first(tmp_path, tiny_model_dir, checkpoints):
+    """With plain gradients (a checkpoint without Adam state, allowed by
+    missing_optimizer_state=plain) a candidate that is the D_p row has cosine 1 with it and ranks
+    first. Two limits of the oracle, measured on this model and true of LESS's definition: with
+    several D_p rows a candidate near all of them can beat the copy of one (a mean of cosines),
+    and with Adam preconditioning Gamma is dominated by the saved first moment (0.9 m_t against
+    0.1 g, the same for every candidate), so the copy came second of six: that path is checked
+    against the sum by hand above instead."""
+    import shutil
+
+    cands, dp = write_inputs(tmp_path)
+    rows = read_jsonl(cands)
+    twin = next(r for r in rows if r["id"] == "c1")
+    dp.write_text(json.dumps(twin) + "\n")
+    others = [r for r in rows if r["id"] != "c1"]
+    cands.write_text("".join(json.dumps(r) + "\n" for r in [*others[:3], twin, *others[3:]]))
+    plain = []
+    for path in checkpoints:
+        shutil.copytree(path, tmp_path / path.name)
+        (tmp_path / path.name / OPTIMIZER_FILE).unlink()
+        plain.append(tmp_path / path.name)
+    config = load_config(
+        None, _sets(tmp_path, tiny_model_dir, "select.k=1", "select.missing_optimizer_state=plain")
+    )
+    run, out = run_select(config, cands, dp=dp, checkpoints=plain)
+    assert [c.id for c in out.kept] == ["c1"]
+    stage = run.load_manifest()["stages"]["select"]
+    assert [c["adam_preconditioned"] for c in stage["checkpoints"]] == [False, False]
+
+
+def test_select_killed_mid_checkpoint_resumes_to_the_same_features_and_selection(
+    tmp_path, tiny_model_dir, checkpoints
+):
+    """A real SIGKILL after the second chunk of the first checkpoint's features: the chunks
+    written survive, the resumed run computes only the rest, and features and selection are
+    those of a run never interrupted, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cands, dp = write_inputs(tmp_path)
+    extra = ["select.chunk_rows=2", "select.projection_dim=512"]
+    killed_sets = _sets(tmp_path / "killed", tiny_model_dir, *extra)
+    script = f"""
+import os, signal, sys
+from pathlib import Path
+import scoder.select as select
+from scoder.config import load_config
+real, saved = select.save_part, []
+def save_then_die(*args, **kwargs):
+    path = real(*args, **kwargs)
+    saved.append(path)
+    if len(saved) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+select.save_part = save_then_die
+select.run_select(load_config(None, {killed_sets!r}), Path({str(cands)!r}), dp=Path({str(dp)!r}),
+                  checkpoints=[Path(p) for p in {[str(c) for c in checkpoints]!r}])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    parts = sorted((tmp_path / "killed" / "run" / "features").rglob("part-*.json"))
+    assert len(parts) == 2 and all(len(json.loads(p.read_text())) == 2 for p in parts)
+
+    run, resumed = run_select(load_config(None, killed_sets), cands, dp=dp, checkpoints=checkpoints)
+    assert run.load_manifest()["stages"]["select"]["counts"]["features_reused"] == 4
+    _, fresh = run_select(
+        load_config(None, _sets(tmp_path / "fresh", tiny_model_dir, *extra)),
+        cands,
+        dp=dp,
+        checkpoints=checkpoints,
+    )
+    assert [(c.id, c.influence) for c in resumed.kept] == [(c.id, c.influence) for c in fresh.kept]
+
+    def features(root):
+        out = {}
+        for index in (root / "run" / "features").rglob("part-*.json"):
+            array = np.load(index.with_suffix(".npy"))
+            kind = f"{index.parent.parent.parent.name}/{index.parent.name}"
+            for key, row in zip(json.loads(index.read_text()), array):
+                out[kind, key] = row
+        return out
+
+    a, b = features(tmp_path / "killed"), features(tmp_path / "fresh")
+    assert a.keys() == b.keys() and len(a) == 2 * (6 + 3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert os.environ.get("SCODER_CACHE")  # the subprocess used the test session's cache
+
+
+def test_one_base_model_serves_every_checkpoint_and_select_checkpoints_picks_the_last(
+    tmp_path, tiny_model_dir, checkpoints, monkeypatch
+):
+    from transformers import AutoModelForCausalLM as Auto
+
+    loads = []
+    real = Auto.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(args[0])
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Auto, "from_pretrained", classmethod(counted))
+    cands, dp = write_inputs(tmp_path)
+    run, _ = run_select(
+        load_config(None, _sets(tmp_path, tiny_model_dir)), cands, dp=dp, checkpoints=checkpoints
+    )
+    assert len(loads) == 1  # two checkpoints, one base model
+    used = run.load_manifest()["stages"]["select"]["checkpoints"]
+    assert [c["path"] for c in used] == [str(p) for p in checkpoints]
+
+    last = load_config(None, _sets(tmp_path / "last", tiny_model_dir, "select.checkpoints=1"))
+    run, _ = run_select(last, cands, dp=dp, checkpoints=checkpoints)
+    used = run.load_manifest()["stages"]["select"]["checkpoints"]
+    assert [c["path"] for c in used] == [str(checkpoints[-1])]
+    three = load_config(None, _sets(tmp_path / "three", tiny_model_dir, "select.checkpoints=3"))
+    with pytest.raises(ScoderError, match=r"select.checkpoints=3, but only 2 checkpoint"):
+        run_select(three, cands, dp=dp, checkpoints=checkpoints)
+
+
+def test_a_base_model_synthesizer_gets_plain_format_gradients(
+    tmp_path, tiny_base_model_dir, tmp_path_factory
+):
+    """No chat template: influence is taken on the plain transcript the trainer used, and asking
+    for the chat template says what to set instead of a traceback."""
+    ckpts = train_checkpoints(tiny_base_model_dir, tmp_path_factory.mktemp("base-ckpts"))
+    cands, dp = write_inputs(tmp_path)
+    _, out = run_select(
+        load_config(None, _sets(tmp_path, tiny_base_model_dir)), cands, dp=dp, checkpoints=ckpts
+    )
+    assert len(out.kept) == 3 and all(np.isfinite(c.influence) for c in out.kept)
+    chat = load_config(None, _sets(tmp_path / "chat", tiny_base_model_dir, "train.template=chat"))
+    with pytest.raises(ScoderError, match="has no chat template; set train.template=plain"):
+        run_select(chat, cands, dp=dp, checkpoints=ckpts)

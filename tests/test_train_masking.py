@@ -43,10 +43,17 @@ def _trainer(tmp_path, model_dir, rows, *sets, task="synthesizer"):
     return trainer, tokenizer, examples
 
 
+def _prompt_ids(example, tokenizer) -> list[int]:
+    if isinstance(example["prompt"], str):
+        return tokenizer(example["prompt"])["input_ids"]
+    text = tokenizer.apply_chat_template(
+        example["prompt"], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def _expected(example, tokenizer) -> tuple[list[int], int]:
     """(prompt + response token ids, where the response starts), tokenized independently of TRL."""
-    from scoder.train import prompt_ids
-
     if isinstance(example["prompt"], str):
         full = tokenizer(example["prompt"] + example["completion"])["input_ids"]
         full = full + [tokenizer.eos_token_id]  # TRL appends EOS to plain completions
@@ -55,8 +62,9 @@ def _expected(example, tokenizer) -> tuple[list[int], int]:
             example["prompt"] + example["completion"], tokenize=False
         )
         full = tokenizer(text, add_special_tokens=False)["input_ids"]
-    start = len(prompt_ids(example, tokenizer))
-    assert full[:start] == prompt_ids(example, tokenizer)
+    prompt = _prompt_ids(example, tokenizer)
+    start = len(prompt)
+    assert full[:start] == prompt
     return full, start
 
 
@@ -86,10 +94,8 @@ def test_padded_batches_train_on_the_response_only(tmp_path, tiny_model_dir, dp_
 
 
 def test_truncated_responses_keep_only_their_surviving_tokens(tmp_path, tiny_model_dir, dp_rows):
-    from scoder.train import prompt_ids
-
     trainer, tokenizer, examples = _trainer(tmp_path, tiny_model_dir, dp_rows)
-    shortest_prompt = min(len(prompt_ids(ex, tokenizer)) for ex in examples)
+    shortest_prompt = min(len(_prompt_ids(ex, tokenizer)) for ex in examples)
     max_length = shortest_prompt + 5  # some responses keep five tokens, longer prompts none
     trainer, tokenizer, kept = _trainer(
         tmp_path, tiny_model_dir, dp_rows, f"train.max_length={max_length}"
@@ -150,3 +156,45 @@ def test_a_batch_without_response_tokens_is_refused(tmp_path, tiny_model_dir, dp
     prompt_only = [{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}] * 2
     with pytest.raises(ScoderError, match="has no response tokens"):
         trainer.data_collator(prompt_only)
+
+
+@pytest.mark.parametrize(
+    ("model", "sets"),
+    [
+        ("tiny_model_dir", []),  # an instruct model: its chat template
+        ("tiny_base_model_dir", []),  # a base model: the plain transcript
+        ("tiny_model_dir", ["train.template=plain"]),  # an instruct model trained on plain text
+        ("tiny_model_dir", ["truncate"]),  # truncated as the trainer truncates
+    ],
+)
+def test_influence_reads_exactly_the_tokens_and_loss_mask_the_trainer_trains_on(
+    request, tmp_path, dp_rows, model, sets
+):
+    """Every row TRL's collator hands the trainer equals, token for token and mask for mask, the
+    micro-batch row the influence featurizer builds for the same sample."""
+    from scoder.influence import GradientFeaturizer
+    from scoder.select import training_examples
+
+    model_dir = request.getfixturevalue(model)
+    if sets == ["truncate"]:  # some responses keep five tokens, longer prompts none
+        trainer, tokenizer, examples = _trainer(tmp_path, model_dir, dp_rows)
+        sets = [f"train.max_length={min(len(_prompt_ids(ex, tokenizer)) for ex in examples) + 5}"]
+    trainer, tokenizer, _ = _trainer(tmp_path, model_dir, dp_rows, *sets)
+    config = load_config(None, [f"model.name={model_dir}", *sets])
+    examples = training_examples(dp_rows, tokenizer, config, "rows")
+    featurizer = GradientFeaturizer(
+        trainer.model, max_length=config.train.max_length, pad_token_id=tokenizer.pad_token_id
+    )
+    ours = []
+    for ex in examples:
+        row = featurizer.batch_inputs([ex])
+        ours.append((row["input_ids"][0].tolist(), row["loss_mask"][0].tolist()))
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            n = int(mask.sum())
+            theirs = (ids[:n].tolist(), [int(label != -100) for label in labels[:n].tolist()])
+            assert theirs in ours, "a trainer row the featurizer would tokenize differently"
+            seen.append(ours.index(theirs))
+    trained = [i for i, (_, m) in enumerate(ours) if any(m[1:])]  # TRL drops rows with no loss
+    assert sorted(seen) == trained and trained

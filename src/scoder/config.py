@@ -316,19 +316,40 @@ class TrainConfig(_Section):
 
 
 class SelectConfig(_Section):
-    """Gradient-based influence against D_p, and the top-k selection (with baselines)."""
+    """Gradient-based influence against D_p (LESS), and the top-k selection (with baselines)."""
 
     k: int | None = Field(default=None, ge=1, description="Keep this many (else `fraction`).")
     fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    checkpoints: int | None = Field(
+        default=None,
+        ge=1,
+        description="Influence from the last this many checkpoints of the synthesizer the "
+        "candidates were sampled from (none = all of them). Apart from loop.checkpoints, which "
+        "sets the checkpoints sampled from.",
+    )
     projection_dim: int = Field(default=8192, ge=16)
     projection_seed: int = 0
     batch_tokens: int | None = Field(
         default=None,
         ge=64,
-        description="Padded tokens per micro-batch; none = 16384 on CUDA, "
-        "one long sample at a time on CPU.",
+        description="Padded tokens per micro-batch; none = on CUDA sized from a measured probe "
+        "(80% of free memory), on a CPU one long sample at a time.",
     )
-    max_length: int = Field(default=2048, ge=16)
+    max_length: int | None = Field(
+        default=None,
+        ge=16,
+        description="Truncate samples to this many tokens; none = train.max_length, the "
+        "trainer's own truncation (so gradients are taken on the tokens it trains on).",
+    )
+    chunk_rows: int = Field(
+        default=256, ge=1, description="Features are saved every this many samples (resume)."
+    )
+    loss_chunk_tokens: int = Field(
+        default=1024, ge=1, description="Response positions whose logits exist at once."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward: less memory."
+    )
     missing_optimizer_state: Literal["error", "plain"] = Field(
         default="error",
         description="plain = fall back to plain gradients (recorded) when a "
@@ -630,7 +651,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 MOVED_KEYS = {
     "synthesis.checkpoints": "pass them to `scoder synthesize --checkpoints a,b`",
     "select.dp": "pass the D_p file to `scoder select --dp FILE`",
-    "select.checkpoints": "pass them to `scoder select --checkpoint DIR` (repeatable)",
     "train.data": "pass the rows to `scoder train --data FILE`",
     "train.task": "pass it to `scoder train --task synthesizer|code`",
     "train.eval_data": "pass the file to `scoder train --eval-data FILE`",

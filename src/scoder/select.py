@@ -6,11 +6,12 @@ first k are kept). `influence` ranks by the candidates' influence on D_p, `judge
 weighted judge score, `random` draws k at random. Beside the kept set the stage writes the
 budget-matched baselines random@k and judge-top@k, so every selection can be compared.
 
-Influence, for each synthesizer checkpoint k: candidates' LoRA gradients, Adam-preconditioned with
-that checkpoint's optimizer state, and D_p's plain gradients, both projected and normalised
-(scoder.influence). Influence(z) = sum_k lr_k * mean_{z' in D_p} cos(...). Features are stored
-per checkpoint as numpy arrays keyed by a hash of each sample's text, and reused when neither the
-text nor the checkpoint changed.
+Influence, for each of the last select.checkpoints synthesizer checkpoints k: candidates' LoRA
+gradients, Adam-preconditioned with that checkpoint's optimizer state, and D_p's plain gradients,
+both projected and normalised (scoder.influence), on the very tokens the synthesizer's trainer
+trains on. Influence(z) = sum_k lr_k * mean_{z' in D_p} cos(...). Features are stored per
+checkpoint as numpy arrays keyed by a hash of each sample's token ids, saved a chunk at a time as
+they are computed, and reused when neither the tokens nor the checkpoint changed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any, Literal
 import numpy as np
 
 from scoder.checkpoints import check_checkpoint, read_checkpoint
-from scoder.config import Config, SelectionName
+from scoder.config import Config, SelectConfig, SelectionName
 from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
-from scoder.influence import gradient_features, influence_scores
-from scoder.models import load_causal_lm, load_tokenizer, resolve_model
+from scoder.influence import Example, gradient_features, influence_scores
+from scoder.models import load_causal_lm, load_tokenizer, resolve_model, swap_adapter
 from scoder.records import Candidate, load_candidates
 from scoder.store import (
     RunDir,
@@ -41,10 +42,10 @@ from scoder.store import (
     write_json,
     write_jsonl,
 )
-from scoder.train import build_examples
+from scoder.train import build_examples, resolve_template, tokenize_example
 
 STAGE = "select"
-VERSION = "select/1"  # bump when the same inputs would select other candidates
+VERSION = "select/2"  # bump when the same inputs would select other candidates
 SelectDrop = Literal["influence_undefined", "below_top_k"]
 REASONS = DropReasons(STAGE, SelectDrop)
 
@@ -71,6 +72,16 @@ def random_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candida
     drawn = sorted(rng.choice(len(candidates), size=k, replace=False).tolist()) if k else []
     chosen = set(drawn)
     return [candidates[i] for i in drawn] + [c for i, c in enumerate(candidates) if i not in chosen]
+
+
+# Settings that change how fast and in how much memory features are computed, not what they are:
+# changing them re-runs nothing.
+HOW_NOT_WHAT = {"batch_tokens", "chunk_rows", "loss_chunk_tokens", "gradient_checkpointing"}
+
+
+def select_reads(cfg: SelectConfig) -> dict[str, Any]:
+    """The select settings a selection depends on (its identity in the stage and the loop)."""
+    return cfg.model_dump(mode="json", exclude=HOW_NOT_WHAT)
 
 
 def _defined(value: float | None) -> float:
@@ -101,60 +112,72 @@ def choose(
 # --- influence -------------------------------------------------------------------------------------
 
 
-def training_records(
-    rows: list[dict[str, Any]], tokenizer: Any, template_id: str, source: str
-) -> list[dict[str, str]]:
-    """The synthesizer's training samples exactly as `scoder train` builds them, as text."""
-    return [
-        {
-            "prompt": tokenizer.apply_chat_template(
-                ex["prompt"], tokenize=False, add_generation_prompt=True
-            ),
-            "response": ex["completion"][0]["content"],
-        }
-        for ex in build_examples(rows, "synthesizer", template_id, source)
-    ]
+def training_examples(
+    rows: list[dict[str, Any]], tokenizer: Any, config: Config, source: str
+) -> list[Example]:
+    """The synthesizer's training samples as the tokens its trainer sees: built by the code that
+    builds them for `scoder train` (template, chat or plain format) and tokenized as TRL does."""
+    plain = resolve_template(config.train, tokenizer, config.model.name or "the synthesizer")
+    examples = build_examples(rows, "synthesizer", config.synthesis.template, source, plain=plain)
+    return [tokenize_example(ex, tokenizer) for ex in examples]
 
 
-def _text_key(record: dict[str, str]) -> str:
-    return hashlib.sha256((record["prompt"] + "\0" + record["response"]).encode()).hexdigest()[:24]
+def _token_key(example: Example) -> str:
+    blob = json.dumps([example.prompt_ids, example.response_ids]).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
 
 
 def cached_features(
-    store: Path, records: list[dict[str, str]], compute: Any, *, tag: str = "part"
+    store: Path,
+    examples: list[Example],
+    compute: Callable[[list[Example]], np.ndarray],
+    *,
+    chunk_rows: int = 256,
+    tag: str = "part",
 ) -> tuple[np.ndarray, int]:
-    """Features for records, computing only those whose text no part file in `store` holds.
+    """Features for examples, computing only those whose tokens no part file in `store` holds.
 
-    Each computation is saved as a new part (`<tag>-<hash>.npy` + `.json` index, the index
-    written last), so parts from shards run elsewhere can simply be copied in. Returns the
-    features in record order and how many rows were reused.
+    The missing examples are computed `chunk_rows` at a time, in order, and each chunk is saved
+    as it finishes (`<tag>-<hash>.npy` + `.json` index, the index written last), so a killed run
+    loses at most one chunk and its resumption computes the same chunks as an uninterrupted run;
+    parts from shards run elsewhere can simply be copied in. Returns the features in example
+    order and how many rows were reused.
     """
-    keys = [_text_key(r) for r in records]
+    keys = [_token_key(ex) for ex in examples]
     known: dict[str, tuple[np.ndarray, int]] = {}
     for index_file in sorted(store.glob("*.json")):
         array_file = index_file.with_suffix(".npy")
-        if not array_file.is_file():
+        if index_file.name == "spec.json" or not array_file.is_file():
             continue
         array = np.load(array_file, mmap_mode="r")
         for row, key in enumerate(json.loads(index_file.read_text())):
             known.setdefault(key, (array, row))
-    missing = list(dict.fromkeys(k for k in keys if k not in known))
-    if missing:
-        position = {k: keys.index(k) for k in missing}
-        fresh = compute([records[position[k]] for k in missing])
-        part = store / f"{tag}-{hashlib.sha256(''.join(missing).encode()).hexdigest()[:12]}"
-        buffer = io.BytesIO()
-        np.save(buffer, fresh.astype(np.float32))
-        atomic_write_bytes(part.with_suffix(".npy"), buffer.getvalue())
-        atomic_write_bytes(part.with_suffix(".json"), json.dumps(missing).encode())
-        for row, key in enumerate(missing):
+    reused = sum(1 for k in keys if k in known)
+    position = {}
+    for i, k in enumerate(keys):
+        if k not in known:
+            position.setdefault(k, i)
+    missing = list(position)
+    for start in range(0, len(missing), chunk_rows):
+        chunk = missing[start : start + chunk_rows]
+        fresh = compute([examples[position[k]] for k in chunk]).astype(np.float32)
+        save_part(store, tag, chunk, fresh)
+        for row, key in enumerate(chunk):
             known[key] = (fresh, row)
-    reused = sum(1 for k in keys if k not in missing)
     if not keys:
         return np.empty((0, 0), np.float32), 0
-    return np.vstack([np.asarray(known[k][0][known[k][1]]) for k in keys]).astype(
-        np.float32
-    ), reused
+    rows = [np.asarray(known[k][0][known[k][1]]) for k in keys]
+    return np.vstack(rows).astype(np.float32), reused
+
+
+def save_part(store: Path, tag: str, keys: list[str], features: np.ndarray) -> Path:
+    """One chunk of features and its index (written last: an index names a complete array)."""
+    part = store / f"{tag}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:12]}"
+    buffer = io.BytesIO()
+    np.save(buffer, features)
+    atomic_write_bytes(part.with_suffix(".npy"), buffer.getvalue())
+    atomic_write_bytes(part.with_suffix(".json"), json.dumps(keys).encode())
+    return part
 
 
 def _adapter_info(path: Path) -> dict[str, Any]:
@@ -172,7 +195,16 @@ class Influence:
     scores: np.ndarray
     checkpoints: list[dict[str, Any]]
     features_reused: int
-    truncated: list[str]  # ids of candidates longer than select.max_length (kept, flagged)
+    truncated: list[str]  # ids of candidates longer than the truncation length (kept, flagged)
+
+
+def influence_checkpoints(checkpoints: Sequence[Path], last: int | None) -> list[Path]:
+    """The checkpoints influence is taken at: the last `last` of them (all when None)."""
+    if last and len(checkpoints) < last:
+        raise ScoderError(
+            f"select.checkpoints={last}, but only {len(checkpoints)} checkpoint(s) were given"
+        )
+    return list(checkpoints[-last:] if last else checkpoints)
 
 
 def compute_influence(
@@ -186,32 +218,38 @@ def compute_influence(
     shard_tag: str = "part",
 ) -> Influence:
     """Gradient features of the candidates and D_p at every checkpoint (cached in RUN/features/),
-    summed into influence scores."""
+    summed into influence scores. One base model stays loaded; each checkpoint swaps its adapter
+    and optimizer state in."""
     cfg = config.select
     ref = resolve_model(config.model.name, revision=config.model.revision)
     tokenizer = load_tokenizer(ref)
-    template = config.synthesis.template
-    cand_records = training_records(
-        [c.model_dump() for c in candidates], tokenizer, template, candidates_source
+    cand_examples = training_examples(
+        [c.model_dump() for c in candidates], tokenizer, config, candidates_source
     )
-    dp_records = training_records(read_jsonl(dp_path), tokenizer, template, str(dp_path))
+    dp_examples = training_examples(read_jsonl(dp_path), tokenizer, config, str(dp_path))
+    max_length = cfg.max_length or config.train.max_length
     spec = dict(
         projection_dim=cfg.projection_dim,
         seed=cfg.projection_seed,
+        max_length=max_length,
+        loss="mean",  # per-sample loss: mean over response tokens (select/1 summed them)
+    )
+    run_spec = dict(
         batch_tokens=cfg.batch_tokens,
-        max_length=cfg.max_length,
+        loss_chunk_tokens=cfg.loss_chunk_tokens,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=cfg.projection_dim,
+        seed=cfg.projection_seed,
+        max_length=max_length,
     )
     cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
+    model = load_causal_lm(ref, device=config.model.device, dtype=config.model.dtype)
     for path in checkpoints:
-        model = load_causal_lm(
-            ref,
-            device=config.model.device,
-            dtype=config.model.dtype,
-            adapter=path,
-            trainable=True,  # gradients of the adapter: what influence is made of
-        )
+        # gradients of the adapter are what influence is made of: trainable, on the one base model
+        model = swap_adapter(model, path, trainable=True)
         ckpt = read_checkpoint(path, model, missing_state=cfg.missing_optimizer_state)
-        # Features depend only on (checkpoint, projection, text): one store per checkpoint and
+        # Features depend only on (checkpoint, projection, tokens): one store per checkpoint and
         # projection, shared by every select run and shard in this run directory.
         digest = file_digest(Path(path) / "adapter_model.safetensors")
         store = run.path / "features" / digest.split(":")[-1][:16] / fingerprint(spec)
@@ -226,16 +264,24 @@ def compute_influence(
             state = None  # recorded below as adam_preconditioned: false
 
         def features_with(optimizer_state, model=model):
-            return lambda records: gradient_features(
-                model, tokenizer, records, optimizer_state=optimizer_state, **spec
+            return lambda examples: gradient_features(
+                model, examples, optimizer_state=optimizer_state, **run_spec
             ).numpy()
 
         kind = "adam" if state else "plain"
         c, n_reused = cached_features(
-            store / f"candidates-{kind}", cand_records, features_with(state), tag=shard_tag
+            store / f"candidates-{kind}",
+            cand_examples,
+            features_with(state),
+            chunk_rows=cfg.chunk_rows,
+            tag=shard_tag,
         )
         d, m_reused = cached_features(
-            store / "dp-plain", dp_records, features_with(None), tag=shard_tag
+            store / "dp-plain",
+            dp_examples,
+            features_with(None),
+            chunk_rows=cfg.chunk_rows,
+            tag=shard_tag,
         )
         reused += n_reused + m_reused
         cand_feats.append(c)
@@ -251,9 +297,8 @@ def compute_influence(
         )
     truncated = [
         c.id
-        for c, r in zip(candidates, cand_records)
-        if len(tokenizer(r["prompt"] + r["response"], add_special_tokens=False)["input_ids"]) + 1
-        > cfg.max_length
+        for c, ex in zip(candidates, cand_examples)
+        if len(ex.prompt_ids) + len(ex.response_ids) > max_length
     ]
     return Influence(influence_scores(cand_feats, dp_feats, lrs), info, reused, truncated)
 
@@ -303,7 +348,11 @@ def run_select(
         problems.append("name the synthesizer checkpoints to estimate influence with")
     if problems:
         raise ScoderError("select: " + "; ".join(problems))
-    checkpoints = [check_checkpoint(p) for p in checkpoints] if needs_influence else []
+    checkpoints = (
+        influence_checkpoints([check_checkpoint(p) for p in checkpoints], cfg.checkpoints)
+        if needs_influence
+        else []
+    )
     if shard is not None:
         index, count = shard
         if not 1 <= index <= count:
@@ -316,7 +365,7 @@ def run_select(
     ref = resolve_model(config.model.name, revision=config.model.revision)
     stage_fp = fingerprint(
         {
-            "select": cfg.model_dump(mode="json"),
+            "select": select_reads(cfg),
             "strategy": strategy,
             "k": k,
             "seed": seed,
@@ -324,6 +373,10 @@ def run_select(
             "checkpoints": [file_digest(p / "adapter_model.safetensors") for p in checkpoints],
             "candidates": file_digest(candidates_path),
             "dp": file_digest(dp) if needs_influence else None,
+            # the trainer's tokens: its format and truncation decide what gradients are taken on
+            "train_format": [config.train.template, config.train.max_length]
+            if needs_influence
+            else None,
             "version": VERSION,
         }
     )

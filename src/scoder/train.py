@@ -17,6 +17,7 @@ from typing import Any, Literal
 from scoder.checkpoints import save_checkpoint
 from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
+from scoder.influence import Example
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model
 from scoder.store import RunDir, file_digest, fingerprint, read_jsonl
 from scoder.templates import PLAIN_TEMPLATE_ID, SYNTHESIS_TEMPLATES, render_plain
@@ -60,14 +61,36 @@ def build_examples(
     return out
 
 
-def prompt_ids(example: dict[str, Any], tokenizer: Any) -> list[int]:
-    """The tokens of an example's prompt, as TRL tokenizes it."""
-    if isinstance(example["prompt"], str):
-        return tokenizer(example["prompt"])["input_ids"]
-    text = tokenizer.apply_chat_template(
-        example["prompt"], tokenize=False, add_generation_prompt=True
-    )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def tokenize_example(example: dict[str, Any], tokenizer: Any) -> Example:
+    """One prompt-completion example as the tokens TRL's SFTTrainer trains on (before truncation).
+
+    As TRL tokenizes it: a conversational example is rendered by the chat template twice, the
+    prompt alone (with the generation prompt) and prompt + completion, and the completion (the
+    loss) starts where the two token sequences diverge, so the template's own end-of-turn tokens
+    are part of it; a plain example gets the end-of-sequence token appended to its completion and
+    is tokenized as text (special tokens as the tokenizer adds them). The influence stage reads its
+    gradients off exactly these tokens; a test holds both against TRL's collator.
+    """
+    prompt, completion = example["prompt"], example["completion"]
+    if isinstance(prompt, str):
+        eos = tokenizer.eos_token or ""
+        if not completion.endswith(eos):
+            completion += eos
+        prompt_part = tokenizer(text=prompt)["input_ids"]
+        whole = tokenizer(text=prompt + completion)["input_ids"]
+    else:
+        prompt_part = tokenizer.apply_chat_template(
+            prompt, tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
+        whole = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    shared = 0
+    for a, b in zip(prompt_part, whole):
+        if a != b:
+            break
+        shared += 1
+    return Example(list(whole[:shared]), list(whole[shared:]))
 
 
 def drop_untrainable(
@@ -76,7 +99,7 @@ def drop_untrainable(
     """Examples whose prompt alone fills max_length would train on nothing: drop them, counted."""
     kept, dropped = [], Counter()
     for ex in examples:
-        if len(prompt_ids(ex, tokenizer)) >= max_length:
+        if len(tokenize_example(ex, tokenizer).prompt_ids) >= max_length:
             dropped["response_fully_truncated"] += 1
         else:
             kept.append(ex)

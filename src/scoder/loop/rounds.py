@@ -159,10 +159,9 @@ def choose_top_k(
     best: Step[Candidates],
     dp: Step[Dp] | None,
     synthesizer: Step[Synthesizer],
-    pick: Callable[[list[str]], list[str]],
 ) -> Step[Selection]:
-    """The round's top-k by `loop.selection` (influence on D_p at the sampled checkpoints),
-    with the budget-matched baselines beside it."""
+    """The round's top-k by `loop.selection` (influence on D_p at the last select.checkpoints
+    checkpoints of the synthesizer sampled from), with the budget-matched baselines beside it."""
     config = run.config
     strategy = config.loop.selection
     draw = config.random_seed * 1_000 + r
@@ -181,7 +180,7 @@ def choose_top_k(
             run.file(best.result.candidates),
             strategy=strategy,
             dp=run.file(dp.result.train) if dp else None,
-            checkpoints=[run.file(c) for c in pick(synthesizer.result.checkpoints)],
+            checkpoints=[run.file(c) for c in synthesizer.result.checkpoints],
             k=k,
             seed=draw,
             run=run.at(where),
@@ -200,13 +199,13 @@ def choose_top_k(
 
     reads: dict[str, Any] = {
         "selection": strategy,
-        "select": config.select.model_dump(mode="json"),
+        "select": select.select_reads(config.select),
         "draw_seed": draw,
     }
     if strategy == "influence":
         reads.update(
-            checkpoints=config.loop.checkpoints,
             model=model_reads(config.model, generation=False),
+            train_format=[config.train.template, config.train.max_length],
             template_digest=SYNTHESIS_TEMPLATES[config.synthesis.template].digest,
         )
     return run.ledger.step(
@@ -258,7 +257,7 @@ def one_round(
         loop.scorer,
         run.config.random_seed * 1_000 + r,
     )
-    selection = choose_top_k(run, r, where, best, dp, previous, last_m)
+    selection = choose_top_k(run, r, where, best, dp, previous)
     trained = retrain(
         run, f"round-{r}/train", where, lambda: selection.result.selected, dp, previous, selection
     )

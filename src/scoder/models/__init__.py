@@ -15,6 +15,7 @@ from scoder.models.loading import (
     pick_device,
     pick_dtype,
     resolve_model,
+    swap_adapter,
     weights_digest,
 )
 from scoder.models.openai_backend import OpenAIBackend
@@ -70,5 +71,6 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "resolve_model",
+    "swap_adapter",
     "weights_digest",
 ]

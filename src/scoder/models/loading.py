@@ -284,3 +284,24 @@ def load_causal_lm(
             raise ScoderError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     return model.eval()
+
+
+def swap_adapter(model: Any, adapter: Path, *, trainable: bool = True) -> Any:
+    """`model` with its LoRA adapter replaced by `adapter` (attached when it has none): the base
+    weights stay where they are, so going through many checkpoints of one training loads the base
+    model once. The new adapter is the active one, trainable unless `trainable` is False."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ScoderError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    if not isinstance(model, PeftModel):
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable).eval()
+    previous = list(model.peft_config)
+    name = f"checkpoint-{len(previous)}-{Path(adapter).name}"
+    while name in previous:
+        name += "-next"
+    model.load_adapter(adapter, adapter_name=name, is_trainable=trainable)
+    model.set_adapter(name, inference_mode=not trainable)
+    for old in previous:
+        model.delete_adapter(old)
+    return model.eval()
