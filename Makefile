@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: could not install bubblewrap"; \
 	  else echo "note: bubblewrap (bwrap) not found; install it for the strongest sandbox"; fi; }
+	# headless Chromium renders the report in its browser test (skipped, saying so, without it)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) || echo "note: could not install chromium"; \
+	  else echo "note: chromium not found; the report's browser test will be skipped"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	# The CPU build of torch, pinned here only (pyproject says torch>=2.4): an unpinned torch

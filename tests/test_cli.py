@@ -47,6 +47,7 @@ def seeds_dir(tmp_path):
 
 def test_help_explains_every_command():
     top = scoder("--help").stdout
+    assert "report" in top
     for command in ("seeds", "synthesize", "demo", "run"):
         assert command in top
         sub = scoder(command, "--help").stdout
@@ -68,6 +69,20 @@ def test_bad_input_is_one_clear_message(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_failures_are_one_message_brackets_and_all_and_debug_shows_the_traceback(tmp_path):
+    out = str(tmp_path / "run")
+    proc = scoder("seeds", "--source", "/data/[/tmp]", "--out", out, check=False)
+    assert proc.returncode == 2 and "/data/[/tmp]" in proc.stderr  # not read as markup
+    assert "Traceback" not in proc.stderr + proc.stdout
+    # the environment, not the input: a run directory that cannot be made
+    proc = scoder("seeds", "--out", "/proc/self/no/run", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ")
+    assert "/proc/self/no" in proc.stderr and "Traceback" not in proc.stderr
+    proc = scoder("--debug", "seeds", "--source", "/no/such/place", "--out", out, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert (tmp_path / "run" / "log.txt").is_file()
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path, seeds_dir):

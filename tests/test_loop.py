@@ -8,6 +8,7 @@ as they should."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -184,7 +185,7 @@ def planned(config: Path, *sets: str) -> dict[str, tuple[str, str]]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, parrot_model_dir):
     tmp = tmp_path_factory.mktemp("loop-a")
-    finish(scoder_run(write_config(tmp, parrot_model_dir)))
+    (tmp / "output.txt").write_text(finish(scoder_run(write_config(tmp, parrot_model_dir))))
     return tmp / "run"
 
 
@@ -589,3 +590,114 @@ def test_sampling_and_influence_checkpoints_are_separate_switches(
         "epoch-1",
         "epoch-2",
     ]
+
+
+def _embedded(page: str, element_id: str):
+    match = re.search(
+        rf'<script type="application/json" id="{element_id}">(.*?)</script>', page, re.S
+    )
+    assert match, element_id
+    return json.loads(match.group(1).replace("<\\/", "</"))
+
+
+def test_the_report_of_a_run_shows_the_run_s_own_numbers(uninterrupted):
+    """`scoder run` ends by writing RUN/report.html and printing its path; the page has every
+    section, its numbers are the run's files' numbers (parsed back from the page), and it loads
+    nothing from anywhere."""
+    report = uninterrupted / "report.html"
+    out = (uninterrupted.parent / "output.txt").read_text()
+    assert f"report: {report}" in " ".join(out.split())
+    for raw in ("{'loss'", "'eval_loss'", "train_runtime", "Loading weights"):
+        assert raw not in out, raw  # no trainer dictionaries, no weight-loading bars
+    page = report.read_text()
+    for section in (
+        "Rounds at a glance",
+        "Round 1",
+        "Funnel",
+        "Why samples were dropped",
+        "Judge scores",
+        "Influence",
+        "Yield per checkpoint",
+        "Judge against execution",
+        "Time and tokens per stage",
+        "Final dataset",
+        'id="samples-browser"',
+    ):
+        assert section in page, section
+    # self-contained: every image inline, no resource fetched from anywhere
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page)
+    assert "@import" not in page and "url(" not in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+
+    facts = _embedded(page, "scoder-facts")
+    (round1,) = facts["rounds"]
+    manifest = json.loads((uninterrupted / "rounds/1/manifest.json").read_text())["stages"]
+    funnel = dict(map(tuple, round1["funnel"]))
+    synth, score = manifest["synthesize"]["counts"], manifest["score"]["counts"]
+    assert funnel["generated"] == synth["generated"] == 12
+    assert funnel["parsed"] == synth["accepted"]
+    assert funnel["decontaminated"] == manifest["decontaminate"]["counts"]["kept"]
+    assert (
+        funnel["best per seed"]
+        == score["selected"]
+        == len(lines(uninterrupted / "rounds/1/score/kept.jsonl"))
+    )
+    assert funnel["selected"] == len(lines(uninterrupted / "rounds/1/select/kept.jsonl")) == 2
+    summary = json.loads((uninterrupted / "rounds/1/summary.json").read_text())
+    assert round1["heldout_dp_loss"] == summary["heldout_dp_loss"]
+    assert round1["diversity"] == summary["diversity"]
+    assert round1["per_checkpoint"]["epoch-1"]["generated"] == synth["per_checkpoint"]["epoch-1"]
+    assert {c["stage"] for c in round1["costs"]} == set(manifest)
+    scored = lines(uninterrupted / "rounds/1/score/scored.jsonl")
+    assert sorted(round1["weighted_scores"]) == sorted(
+        r["score"] for r in scored if r["score"] is not None
+    )
+    kept = lines(uninterrupted / "rounds/1/select/kept.jsonl")
+    assert round1["top_k_cut"] == min(r["influence"] for r in kept)
+    # the visible tables say the same
+    assert f'<td>generated</td><td class="n">{synth["generated"]}</td>' in page
+    # the sample browser holds every scored candidate, with its status and provenance
+    samples = {s["id"]: s for s in _embedded(page, "scoder-samples")}
+    for row in scored:
+        assert row["id"] in samples and samples[row["id"]]["checkpoint"] == row["checkpoint"]
+    assert {s["status"] for s in samples.values()} >= {"selected", "dropped"}
+
+
+def test_the_data_card_says_how_the_data_was_made_and_links_nowhere(uninterrupted):
+    card = " ".join((uninterrupted / "final" / "README.md").read_text().split())
+    assert "http" not in card
+    summary = json.loads((uninterrupted / "rounds/1/summary.json").read_text())
+    loss = summary["heldout_dp_loss"]["influence"]
+    assert f"| 1 | {summary['generated']} | {summary['best_per_seed']} |" in card
+    assert f"influence {loss:.4g}" in card
+    for needed in ("Execution gate: off", "`influence` top-k", "weighted consistency 0.2"):
+        assert needed in card, needed
+
+
+def test_the_report_renders_in_a_browser(uninterrupted, tmp_path):
+    import shutil as sh
+
+    browser = sh.which("chromium") or sh.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it where apt-get is)")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            (uninterrupted / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] >= 1000 and pixels.std() > 0.05  # not a blank page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -12,25 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.panel import Panel
-from rich.syntax import Syntax
-from rich.table import Table
+from rich.markup import escape
 
 from scoder import decontaminate as decontaminate_stage
+from scoder import display, progress
 from scoder.config import Config, ModelConfig, load_config
 from scoder.dataset import push_to_hub
 from scoder.errors import ScoderError
 from scoder.eval import benchmark_file, run_eval
 from scoder.eval.benchmarks import BENCHMARKS
-from scoder.ledger import Decision
-from scoder.loop import LoopResult, plan_loop, run_loop
+from scoder.loop import plan_loop, run_loop
 from scoder.models import TransformersBackend, load_backend, resolve_model
+from scoder.report import write_report
 from scoder.score import run_score
 from scoder.seeds import run_seeds
 from scoder.select import run_select
 from scoder.serve import serve as run_server
-from scoder.store import RunDir, run_lock
+from scoder.store import run_lock
 from scoder.synthesize import run_synthesize
 from scoder.teacher import run_teacher
 from scoder.train import run_train
@@ -44,10 +43,33 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console, err_console = display.console, display.err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
+VERBOSE = {"on": False}
+DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars: one line per finished stage.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show third-party progress bars and warnings too."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of a failure.")
+    ] = False,
+) -> None:
+    """Progress: a live line per long stage on a terminal; one line per finished stage when the
+    output is not a terminal or with --quiet. Everything also goes to RUN/log.txt."""
+    VERBOSE["on"] = verbose
+    DEBUG["on"] = debug
+    progress.configure("live" if err_console.is_terminal and not quiet else "lines", err_console)
+    progress.quiet_third_parties(verbose=verbose)
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -66,22 +88,58 @@ ForceOpt = Annotated[
 ]
 
 
+def _fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full{where}: free space and run the same command again to resume"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}"
+    return f"{exc.strerror or exc}{where}"
+
+
 def friendly_errors(fn: F) -> F:
-    """Bad input ends in one clear message and exit code 2, not a traceback."""
+    """Every failure ends in one clear message and a non-zero exit code (2: bad input; 1: the
+    environment or a bug), not a traceback; --debug shows the traceback, and RUN/log.txt keeps
+    it always."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ScoderError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            if DEBUG["on"]:
+                raise
+            raise _fail(str(exc), 2) from None
+        except (typer.Exit, typer.Abort):
+            raise
         except KeyboardInterrupt:
             err_console.print(
                 "[yellow]interrupted.[/] Finished chunks are saved; run the same command again "
                 "to resume."
             )
             raise typer.Exit(130) from None
+        except Exception as exc:
+            progress.LOG.exception("%s failed", fn.__name__)
+            if DEBUG["on"]:
+                raise
+            if isinstance(exc, OSError):
+                raise _fail(_os_error(exc), 1) from None
+            if isinstance(exc, ImportError):
+                raise _fail(
+                    f"a package scoder needs is missing: {exc.name or exc} (pip install it, or "
+                    "reinstall scoder with its extras)",
+                    1,
+                ) from None
+            raise _fail(
+                f"{type(exc).__name__}: {exc} (a bug or an environment problem; --debug shows "
+                "the traceback, RUN/log.txt has it)",
+                1,
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -92,7 +150,9 @@ def _config(
     overrides = [*(sets or []), *extra]
     if out is not None:
         overrides.append(f"run_dir={out}")
-    return load_config(config, overrides)
+    cfg = load_config(config, overrides)
+    progress.log_to(Path(cfg.run_dir) / "log.txt", verbose=VERBOSE["on"])
+    return cfg
 
 
 @app.command()
@@ -117,8 +177,8 @@ def seeds(
     cfg = _config(config, set_, out, extra)
     with run_lock(cfg.run_dir, "scoder seeds"):
         run, _ = run_seeds(cfg, force=force)
-    _print_stage_summary(run, "seeds")
-    _print_files(run.stage_dir("seeds"), "kept.jsonl", "dropped.jsonl")
+    display.print_stage_summary(run, "seeds")
+    display.print_files(run.stage_dir("seeds"), "kept.jsonl", "dropped.jsonl")
 
 
 @app.command()
@@ -149,9 +209,9 @@ def synthesize(
     adapters = [Path(c.strip()) for c in (checkpoints or "").split(",") if c.strip()]
     with run_lock(cfg.run_dir, "scoder synthesize"):
         run, result = run_synthesize(cfg, seeds_file, checkpoints=adapters, force=force)
-    _print_stage_summary(run, "synthesize")
-    _print_examples(result.accepted)
-    _print_files(run.stage_dir("synthesize"), "kept.jsonl", "dropped.jsonl")
+    display.print_stage_summary(run, "synthesize")
+    display.print_examples(result.accepted)
+    display.print_files(run.stage_dir("synthesize"), "kept.jsonl", "dropped.jsonl")
 
 
 @app.command()
@@ -182,9 +242,9 @@ def score(
     cfg = _config(config, set_, out, extra)
     with run_lock(cfg.run_dir, "scoder score"):
         run, result = run_score(cfg, candidates, fit_labels=fit_weights, force=force)
-    _print_stage_summary(run, "score")
-    _print_score_summary(result.summary)
-    _print_files(run.stage_dir("score"), "kept.jsonl", "dropped.jsonl", "scored.jsonl")
+    display.print_stage_summary(run, "score")
+    display.print_score_summary(result.summary)
+    display.print_files(run.stage_dir("score"), "kept.jsonl", "dropped.jsonl", "scored.jsonl")
 
 
 @app.command()
@@ -228,11 +288,11 @@ def select(
             cfg, candidates, dp=dp, checkpoints=checkpoint or [], shard=shard_of, force=force
         )
     if shard_of:
-        _print_stage_summary(run, f"select-shard-{shard_of[0]}-of-{shard_of[1]}")
+        display.print_stage_summary(run, f"select-shard-{shard_of[0]}-of-{shard_of[1]}")
         console.print(f"features saved under {run.path / 'features'}", soft_wrap=True)
         return
-    _print_stage_summary(run, "select")
-    _print_files(
+    display.print_stage_summary(run, "select")
+    display.print_files(
         run.stage_dir("select"),
         "kept.jsonl",
         "dropped.jsonl",
@@ -289,7 +349,7 @@ def train(
             merge=merge,
             force=force,
         )
-    _print_stage_summary(run, "train")
+    display.print_stage_summary(run, "train")
     for ckpt in result["checkpoints"]:
         console.print(
             f"  {ckpt['path']}  (step {ckpt['step']}, mean lr {ckpt['mean_lr']:.3g})",
@@ -322,7 +382,7 @@ def teacher(
     cfg = _config(config, set_, out, extra)
     with run_lock(cfg.run_dir, "scoder teacher"):
         run, _ = run_teacher(cfg, seeds_file, force=force)
-    _print_stage_summary(run, "teacher")
+    display.print_stage_summary(run, "teacher")
     console.print(
         f"D_p: {run.stage_dir('teacher') / 'kept.jsonl'}", soft_wrap=True, highlight=False
     )
@@ -361,8 +421,8 @@ def decontaminate(
     stage = decontaminate_stage.STAGE
     with run_lock(cfg.run_dir, "scoder decontaminate"):
         run, _ = decontaminate_stage.decontaminate_file(cfg, input_file, kind, force=force)
-    _print_stage_summary(run, stage)
-    _print_files(run.stage_dir(stage), "kept.jsonl", "dropped.jsonl", "summary.json")
+    display.print_stage_summary(run, stage)
+    display.print_files(run.stage_dir(stage), "kept.jsonl", "dropped.jsonl", "summary.json")
 
 
 @app.command("eval")
@@ -422,28 +482,7 @@ def eval_(
             run_eval(cfg, name, samples_path=samples, force=force, backend=backend)
             for name in names
         ]
-    _print_eval_table(runs)
-
-
-def _print_eval_table(runs: list) -> None:
-    table = Table(title="scoder eval (pass@k by execution)")
-    for column in ("benchmark", "tasks", "n", "base tests", "base + plus (MBPP+)"):
-        table.add_column(column)
-    table.add_column("excluded", justify="right")
-    for r in runs:
-        res = r.results
-        scores = res["pass_at_k"]
-        table.add_row(
-            r.benchmark,
-            str(res["tasks"]),
-            str(res["n"]),
-            ", ".join(f"{k} {v:.4f}" for k, v in scores["base"].items()) or "-",
-            ", ".join(f"{k} {v:.4f}" for k, v in scores.get("plus", {}).items()) or "-",
-            str(len(res["excluded"])),
-        )
-    console.print(table)
-    for r in runs:
-        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False)
+    display.print_eval_table(runs)
 
 
 @app.command()
@@ -508,81 +547,49 @@ def run_(
     the steps the change reaches (see --dry-run)."""
     cfg = _config(config, set_, out)
     if dry_run:
-        _print_plan(cfg)
+        display.print_plan(cfg)
         return
     _run_loop(cfg, force, push_to_hub)
 
 
-ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "re-run": "magenta"}
-
-
-def _print_decision(decision: Decision) -> None:
-    style = ACTION_STYLE[decision.action]
-    err_console.print(
-        f"[{style}]{decision.action:>7}[/]  {decision.step}  [dim]{decision.why}[/]",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-def _print_plan(cfg: Config) -> None:
-    decisions = plan_loop(cfg)
-    table = Table(title=f"scoder run --dry-run: {cfg.run_dir}")
-    for column in ("step", "action", "why"):
-        table.add_column(column, overflow="fold")
-    for d in decisions:
-        table.add_row(d.step, f"[{ACTION_STYLE[d.action]}]{d.action}[/]", d.why)
-    console.print(table)
-    if any(d.action != "reuse" for d in decisions) and cfg.loop.stop_metric != "none":
-        console.print(
-            "steps after a round that runs are listed as if the stopping rule lets the loop go on"
-        )
-
-
 def _run_loop(cfg: Config, force: bool, push_to: str | None = None) -> None:
-    console.print(f"[bold]scoder run[/] -> {cfg.run_dir}", highlight=False, soft_wrap=True)
-    result = run_loop(cfg, force=force, report=_print_decision)
-    _print_rounds(result)
+    console.print(
+        f"[bold]scoder run[/] -> {escape(str(cfg.run_dir))}", highlight=False, soft_wrap=True
+    )
+    try:
+        total = len(plan_loop(cfg))  # the steps it will go through, for "[3/15]"
+    except ScoderError:
+        total = 0  # e.g. a run directory --force is about to discard
+    result = run_loop(cfg, force=force, report=display.decision_printer(total))
+    display.print_rounds(result)
     if result.stopped:
-        console.print(f"stopped early: {result.stopped['reason']}", highlight=False)
+        console.print(f"stopped early: {result.stopped['reason']}", highlight=False, markup=False)
     final = result.final
     where = Path(cfg.run_dir) / final.dataset if final.dataset else "-"
     console.print(
         f"final dataset: {final.samples} samples in {where}", highlight=False, soft_wrap=True
     )
+    console.print(
+        f"report: {write_report(Path(cfg.run_dir))}", highlight=False, soft_wrap=True, markup=False
+    )
     if push_to:
         console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
 
 
-def _print_rounds(result: LoopResult) -> None:
-    table = Table(title="rounds")
-    for column in (
-        "round",
-        "generated",
-        "best/seed",
-        "unscored",
-        "selected",
-        "mean score",
-        "held-out loss",
-        "distinct 4-grams",
-    ):
-        table.add_column(column)
-    for s in result.rounds:
-        table.add_row(
-            str(s.round),
-            str(s.generated),
-            str(s.best_per_seed),
-            "-" if s.unscored_rate is None else f"{s.unscored_rate:.0%}",
-            str(s.selected),
-            _fmt(s.mean_selected_score),
-            ", ".join(f"{k} {_fmt(v)}" for k, v in (s.heldout_dp_loss or {}).items()) or "-",
-            _fmt(s.diversity["distinct_4grams"]),
-        )
-    console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
+@app.command()
+@friendly_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (scoder run's output).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write it (default RUN/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page of a run: funnel and drop reasons, score and influence
+    distributions, yield per checkpoint, judge against execution, costs, trends, a sample
+    browser (RUN/report.html)."""
+    console.print(
+        f"report: {write_report(run_dir, out)}", highlight=False, soft_wrap=True, markup=False
+    )
 
 
 @app.command()
@@ -605,85 +612,6 @@ def demo(
             "--set score.judge.name=...",
             highlight=False,
         )
-
-
-def _print_files(directory: Path, *names: str) -> None:
-    for name in names:
-        console.print(f"  {directory / name}", soft_wrap=True, highlight=False)
-
-
-def _print_stage_summary(run: RunDir, stage: str) -> None:
-    entry = run.load_manifest().get("stages", {}).get(stage, {})
-    table = Table(title=f"{stage} ({entry.get('duration_s', 0):.1f} s)", show_header=False)
-    for key, value in entry.get("counts", {}).items():
-        if isinstance(value, dict):
-            value = (
-                ", ".join(f"{k}: {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
-                or "-"
-            )
-        table.add_row(key, str(value))
-    throughput = entry.get("throughput")
-    if throughput and throughput.get("generated_tokens"):
-        table.add_row(
-            "generation",
-            f"{throughput['generated_tokens']} tokens in {throughput['generation_seconds']:.1f} s "
-            f"= {throughput['tokens_per_second']:.1f} tokens/s",
-        )
-    console.print(table)
-
-
-def _print_score_summary(summary: dict) -> None:
-    statuses = summary.get("execution_status", {})
-    console.print(
-        "execution of each solution against its own tests: "
-        + (", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "-")
-        + f" (vacuous tests: {summary.get('vacuous_tests', 0)})"
-    )
-    calib = summary.get("calibration", {})
-    table = Table(title="judge calibration against execution (AUC: 0.5 = no signal)")
-    table.add_column("aspect")
-    table.add_column("mean score")
-    table.add_column("AUC")
-    table.add_column("point-biserial r")
-    means = summary.get("mean_aspect_scores", {})
-    for name in [*means, "score"]:
-        entry = calib.get(name, {})
-        table.add_row(
-            name,
-            str(means.get(name, "")),
-            str(entry.get("auc", "-")),
-            str(entry.get("point_biserial", "-")),
-        )
-    console.print(table)
-    if "note" in calib:
-        console.print(
-            f"calibration: {calib['note']} ({calib['n']} scored, {calib['passed']} passed)"
-        )
-    weights = summary.get("weights", {})
-    console.print(
-        "weights ("
-        + str(weights.get("source"))
-        + "): "
-        + ", ".join(f"{k}={v:.3f}" for k, v in weights.get("weights", {}).items())
-    )
-    if "heldout_agreement" in weights:
-        console.print(
-            f"fit on {weights['n']} {weights['kind']} labels: held-out agreement "
-            f"{weights['heldout_agreement']:.3f} (equal weights: "
-            f"{weights['equal_weights_heldout_agreement']:.3f})"
-        )
-
-
-def _print_examples(accepted: list, limit: int = 2) -> None:
-    for cand in accepted[:limit]:
-        body = Syntax(cand.solution, "python", theme="ansi_dark", word_wrap=True)
-        console.print(
-            Panel(
-                cand.problem,
-                title=f"problem  ({cand.seed_source.location}:{cand.seed_source.name})",
-            )
-        )
-        console.print(Panel(body, title="solution"))
 
 
 def main() -> None:

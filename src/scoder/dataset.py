@@ -63,8 +63,11 @@ def data_card(
     synthesizer: str | None,
     kept: list[Candidate],
     counts: dict[str, Any],
+    rounds: list[dict[str, Any]] = (),
 ) -> str:
-    """README.md of the final dataset: what it is, where it came from, how it was filtered."""
+    """README.md of the final dataset: what it is, where it came from, how it was filtered, and
+    the run's held-out numbers. Every statement is read from the config and the run's results:
+    nothing here is a link or a claim the run did not make."""
     final_license = config.final.license or "unknown: set final.license"
     dp = (
         f"route `{config.teacher.route}`, source `{config.teacher.source}`, license "
@@ -74,6 +77,45 @@ def data_card(
     )
     passed = sum(1 for c in kept if c.execution and c.execution.trusted_pass)
     writer = f"LoRA adapter `{synthesizer}`" if synthesizer else "the base model itself"
+    score = config.score
+    judge = score.judge.name or "the embedded SmolLM2-135M-Instruct"
+    weights = score.weights or {a.name: round(1 / len(score.aspects), 4) for a in score.aspects}
+    weights_text = ", ".join(f"{k} {v:g}" for k, v in weights.items())
+    if score.weights_file:
+        weights_text = f"from `{score.weights_file}`"
+    gate = (
+        "on: only candidates whose solution passed their own tests were chosen"
+        if score.require_pass
+        else "off: execution results enter the choice, but a failing candidate can be chosen "
+        "when it is the best its seed has"
+    )
+    round_lines = []
+    for r in rounds:
+        heldout = ", ".join(
+            f"{k} {v:.4g}" for k, v in (r.get("heldout_dp_loss") or {}).items() if v is not None
+        )
+        mean = r.get("mean_selected_score")
+        round_lines.append(
+            f"| {r['round']} | {r.get('generated')} | {r.get('best_per_seed')} | "
+            f"{r.get('selected')} ({r.get('selection')}) | "
+            f"{'-' if mean is None else f'{mean:.3f}'} | {heldout or '-'} | "
+            f"{(r.get('diversity') or {}).get('distinct_4grams', '-')} |"
+        )
+    round_table = (
+        "| round | generated | best per seed | selected (by) | mean selected score | held-out "
+        "D_p loss | distinct 4-grams |\n|---|---|---|---|---|---|---|\n" + "\n".join(round_lines)
+        if round_lines
+        else "No self-distillation rounds were run."
+    )
+    selection = (
+        f"`{config.loop.selection}` top-k, k = {config.select.k or f'{config.select.fraction:g} of the pool'}"
+        + (
+            f"; influence on D_p from LoRA gradients (projection {config.select.projection_dim}, "
+            "Adam-preconditioned, as LESS defines it)"
+            if config.loop.selection == "influence"
+            else ""
+        )
+    )
     return f"""---
 license: {config.final.license or "other"}
 task_categories: [text-generation]
@@ -84,8 +126,8 @@ tags: [code, synthetic, scoder]
 # Synthetic code-instruction dataset (scoder)
 
 {len(kept)} Python problems with solutions and unit tests, written by a small open model
-fine-tuned with the SCoder method (iterative self-distillation) by
-[scoder](https://github.com/scoder). Load it with
+fine-tuned with the SCoder method (iterative self-distillation), made with the scoder toolkit.
+Load it with
 
 ```python
 from datasets import load_dataset
@@ -104,11 +146,18 @@ ds = load_dataset("json", data_files="dataset.jsonl", split="train")  # or datas
 - Template: `{config.synthesis.template}`; sampling: temperature {config.synthesis.temperature},
   top-p {config.synthesis.top_p}, {config.synthesis.max_new_tokens} new tokens at most.
 
-## Filters
+## How it was filtered
 - Decontamination against evaluation benchmarks (substring, word {config.decontaminate.ngram}-grams)
   and MinHash near-duplicate removal: {"on" if config.loop.decontaminate else "off"}.
-- Execution in a sandbox + multi-aspect judge, best sample per seed: {"on" if config.final.score else "off"}.
+- Execution of every solution against its own tests in a sandbox, and a judge (`{judge}`)
+  scoring {len(score.aspects)} aspects ({", ".join(a.name for a in score.aspects)}), weighted
+  {weights_text}; the best sample per seed kept: {"on" if config.final.score else "off"}.
+- Execution gate: {gate}.
+- Selection in each self-distillation round: {selection}.
 - Records whose tests passed in the sandbox: {passed} of {len(kept)} (`tests_passed`).
+
+## Rounds (held-out numbers of this run)
+{round_table}
 
 ## Counts per step
 ```json

@@ -31,6 +31,7 @@ from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
 from scoder.judge import judge
 from scoder.models import GenerationBackend, load_backend
+from scoder.progress import track
 from scoder.records import Candidate, Execution, load_candidates
 from scoder.sandbox import available_isolation, is_assertion, run_many
 from scoder.store import (
@@ -491,11 +492,16 @@ def run_score(
 
         scored: list[Candidate] = []
         resumed = 0
-        for _, records, was_resumed in resumable_chunks(
-            candidates, cfg.chunk_size, out / "parts", Candidate, produce
-        ):
-            scored.extend(records)
-            resumed += was_resumed
+        with track(
+            "scoring (execution + judge)", total=len(candidates), unit="candidates"
+        ) as progress:
+            for _, records, was_resumed in resumable_chunks(
+                candidates, cfg.chunk_size, out / "parts", Candidate, produce
+            ):
+                scored.extend(records)
+                resumed += was_resumed
+                passed = sum(1 for c in scored if c.execution and c.execution.status == "passed")
+                progress.advance(len(records), passed=passed)
 
         weights_info = _weights(config, scored, fit_labels)
         weights = weights_info["weights"]

@@ -32,6 +32,7 @@ from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
 from scoder.influence import Example, gradient_features, influence_scores
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model, swap_adapter
+from scoder.progress import track
 from scoder.records import Candidate, load_candidates
 from scoder.store import (
     RunDir,
@@ -134,6 +135,7 @@ def cached_features(
     *,
     chunk_rows: int = 256,
     tag: str = "part",
+    description: str = "gradient features",
 ) -> tuple[np.ndarray, int]:
     """Features for examples, computing only those whose tokens no part file in `store` holds.
 
@@ -158,12 +160,15 @@ def cached_features(
         if k not in known:
             position.setdefault(k, i)
     missing = list(position)
-    for start in range(0, len(missing), chunk_rows):
-        chunk = missing[start : start + chunk_rows]
-        fresh = compute([examples[position[k]] for k in chunk]).astype(np.float32)
-        save_part(store, tag, chunk, fresh)
-        for row, key in enumerate(chunk):
-            known[key] = (fresh, row)
+    if missing:
+        with track(description, total=len(missing), unit="samples") as progress:
+            for start in range(0, len(missing), chunk_rows):
+                chunk = missing[start : start + chunk_rows]
+                fresh = compute([examples[position[k]] for k in chunk]).astype(np.float32)
+                save_part(store, tag, chunk, fresh)
+                for row, key in enumerate(chunk):
+                    known[key] = (fresh, row)
+                progress.advance(len(chunk))
     if not keys:
         return np.empty((0, 0), np.float32), 0
     rows = [np.asarray(known[k][0][known[k][1]]) for k in keys]
@@ -275,6 +280,7 @@ def compute_influence(
             features_with(state),
             chunk_rows=cfg.chunk_rows,
             tag=shard_tag,
+            description=f"gradient features: candidates at {Path(path).name}",
         )
         d, m_reused = cached_features(
             store / "dp-plain",
@@ -282,6 +288,7 @@ def compute_influence(
             features_with(None),
             chunk_rows=cfg.chunk_rows,
             tag=shard_tag,
+            description=f"gradient features: D_p at {Path(path).name}",
         )
         reused += n_reused + m_reused
         cand_feats.append(c)

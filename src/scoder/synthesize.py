@@ -23,6 +23,7 @@ from scoder.filters import Partition
 from scoder.models import GenerationBackend, load_backend
 from scoder.models.base import Completion, SamplingParams
 from scoder.parsing import SYNTHESIS, Parsed, parse_synthesis
+from scoder.progress import track
 from scoder.records import Candidate, Seed
 from scoder.store import RunDir, StoreError, file_digest, fingerprint, read_jsonl, resumable_chunks
 from scoder.templates import SYNTHESIS_TEMPLATES, SynthesisTemplate
@@ -77,17 +78,20 @@ def synthesize(
         result.generated_tokens += sum(c.completion_tokens for c in candidates)
         return candidates
 
-    for chunk, candidates, resumed in resumable_chunks(
-        seeds, cfg.chunk_size, parts_dir, Candidate, produce
-    ):
-        if resumed:
-            if {c.seed_id for c in candidates} != {s.id for s in chunk}:
-                raise StoreError(
-                    f"{parts_dir} holds chunks made from other seeds; rerun with --force"
-                )
-            result.resumed_chunks += 1
-        for c in candidates:
-            (result.accepted if c.drop is None else result.rejected).append(c)
+    where = f"round {round}, {checkpoint}" if round else checkpoint
+    with track(f"generating ({where})", total=len(seeds), unit="seeds") as progress:
+        for chunk, candidates, resumed in resumable_chunks(
+            seeds, cfg.chunk_size, parts_dir, Candidate, produce
+        ):
+            if resumed:
+                if {c.seed_id for c in candidates} != {s.id for s in chunk}:
+                    raise StoreError(
+                        f"{parts_dir} holds chunks made from other seeds; rerun with --force"
+                    )
+                result.resumed_chunks += 1
+            for c in candidates:
+                (result.accepted if c.drop is None else result.rejected).append(c)
+            progress.advance(len(chunk), parsed=len(result.accepted))
     return result
 
 

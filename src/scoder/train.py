@@ -19,6 +19,7 @@ from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
 from scoder.influence import Example
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model
+from scoder.progress import ProgressTask, track
 from scoder.store import RunDir, file_digest, fingerprint, read_jsonl
 from scoder.templates import PLAIN_TEMPLATE_ID, SYNTHESIS_TEMPLATES, render_plain
 
@@ -131,6 +132,26 @@ def resolve_template(cfg: TrainConfig, tokenizer: Any, model_id: str) -> bool:
             f"{model_id} has no chat template; set train.template=plain (or auto) for a base model"
         )
     return cfg.template == "plain" or (cfg.template == "auto" and not tokenizer.chat_template)
+
+
+def _progress_callback(progress: ProgressTask) -> Any:
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        """The training's steps and latest loss on its progress line."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            progress.set_total(state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress.advance(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "eval_loss"):
+                if logs and key in logs:
+                    progress.note(**{key: float(logs[key])})
+
+    return StepProgress()
 
 
 def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
@@ -269,6 +290,10 @@ def build_trainer(
         callbacks=list(callbacks),
     )
     trainer.data_collator = ResponseTokenGuard(trainer.data_collator)
+    from transformers.trainer_callback import PrinterCallback
+
+    # the trainer's log dictionaries are not for a terminal: losses are in the stage's manifest
+    trainer.remove_callback(PrinterCallback)
     return trainer
 
 
@@ -364,7 +389,9 @@ def run_train(
             train_cfg=cfg,
         )
         eval_losses = [trainer.evaluate()["eval_loss"]] if eval_examples else []
-        result = trainer.train()
+        with track(f"training ({task})", total=None, unit="steps") as progress:
+            trainer.add_callback(_progress_callback(progress))
+            result = trainer.train()
         history = trainer.state.log_history
         losses = [entry["loss"] for entry in history if "loss" in entry]
         # train() starts a fresh log history: the evaluation before it is not in there

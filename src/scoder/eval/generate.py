@@ -13,6 +13,7 @@ from scoder.config import EvalConfig
 from scoder.eval.benchmarks import BenchmarkTask
 from scoder.eval.extract import extract_program
 from scoder.models.base import GenerationBackend, SamplingParams
+from scoder.progress import track
 from scoder.store import resumable_chunks
 from scoder.templates import EVAL_TEMPLATES, EvalTemplate
 
@@ -75,19 +76,23 @@ def generate_solutions(
 
     by_id = {t.task_id: t for t in tasks}
     solutions: dict[str, list[dict]] = {}
-    for _, rows, _ in resumable_chunks(tasks, cfg.chunk_size, parts_dir, GeneratedSample, produce):
-        for r in rows:
-            task = by_id[r.task_id]
-            prefix = template.text(task, benchmark) if template.kind == "completion" else ""
-            code, how = extract_program(r.raw, task, benchmark, prefix)
-            solutions.setdefault(r.task_id, []).append(
-                {
-                    "solution": code,
-                    "completion": r.raw,
-                    "extraction": how,
-                    "sample_index": r.sample_index,
-                    "finish_reason": r.finish_reason,
-                    "completion_tokens": r.completion_tokens,
-                }
-            )
+    with track(f"generating ({benchmark})", total=len(tasks), unit="tasks") as progress:
+        for _, rows, _ in resumable_chunks(
+            tasks, cfg.chunk_size, parts_dir, GeneratedSample, produce
+        ):
+            for r in rows:
+                task = by_id[r.task_id]
+                prefix = template.text(task, benchmark) if template.kind == "completion" else ""
+                code, how = extract_program(r.raw, task, benchmark, prefix)
+                solutions.setdefault(r.task_id, []).append(
+                    {
+                        "solution": code,
+                        "completion": r.raw,
+                        "extraction": how,
+                        "sample_index": r.sample_index,
+                        "finish_reason": r.finish_reason,
+                        "completion_tokens": r.completion_tokens,
+                    }
+                )
+            progress.advance(len({r.task_id for r in rows}))
     return solutions, spent["seconds"], spent["tokens"]

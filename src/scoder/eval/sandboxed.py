@@ -90,4 +90,5 @@ def run_batch(
         memory_mb=sandbox.memory_mb,
         workers=sandbox.workers,
         isolation=sandbox.isolation,
+        progress="executing (eval)",
     )

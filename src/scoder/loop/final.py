@@ -47,14 +47,15 @@ def final_dataset(
             if not s.name.endswith(("/summary", "/stop"))
         }
         ref = resolve_model(config.model.name, revision=config.model.revision)
-        card = data_card(config, ref, writer[0] if writer else None, rows, counts)
+        rounds = [s.result.model_dump(mode="json") for s in upstream if s.name.endswith("/summary")]
+        card = data_card(config, ref, writer[0] if writer else None, rows, counts, rounds)
         write_dataset(run.path / "final", rows, card)
         return Dataset(samples=len(rows), dataset="final/dataset.jsonl")
 
     return run.ledger.step(
         "final/export",
         Dataset,
-        code="export/1",
+        code="export/2",
         reads={
             "final": final.model_dump(mode="json", include={"license", "score"}),
             "card": {

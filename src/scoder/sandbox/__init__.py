@@ -54,10 +54,10 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
 from typing import Literal
 
-from tqdm.auto import tqdm
-
+from scoder.progress import track
 from scoder.sandbox.isolation import build_launch, cpu_count, get_host, rlimits, work_dir
 from scoder.sandbox.process import Process
 from scoder.sandbox.result import (
@@ -191,10 +191,11 @@ def run_many(
     memory_mb: int = 1024,
     workers: int | None = None,
     isolation: IsolationLevel | Literal["auto"] = "auto",
-    progress: bool = False,
+    progress: str | None = None,
 ) -> list[ExecResult]:
     """Run (code, tests) pairs on a pool of `workers` threads (default: one per core), each waiting
-    on one sandboxed process. Results come back in input order."""
+    on one sandboxed process. Results come back in input order. `progress` names a progress line
+    (scoder.progress) to show while they run."""
     level = _resolve(isolation)
     programs = list(programs)
     results: list[ExecResult | None] = [None] * len(programs)
@@ -202,26 +203,24 @@ def run_many(
         return []
     cancel = threading.Event()
     futures: dict = {}
-    bar = None
-    if progress:
-        bar = tqdm(total=len(programs), desc="executing", unit="prog")
     pool = ThreadPoolExecutor(max_workers=workers or cpu_count(), thread_name_prefix="sandbox")
-    try:
-        futures = {
-            pool.submit(_execute, code, tests, timeout_s, memory_mb, level, cancel): i
-            for i, (code, tests) in enumerate(programs)
-        }
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            if bar is not None:
-                bar.update()
-    except BaseException:
-        cancel.set()  # running programs are killed at once, queued ones never start
-        for future in futures:
-            future.cancel()
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        if bar is not None:
-            bar.close()
+    with (
+        track(progress, total=len(programs), unit="programs") if progress else nullcontext()
+    ) as bar:
+        try:
+            futures = {
+                pool.submit(_execute, code, tests, timeout_s, memory_mb, level, cancel): i
+                for i, (code, tests) in enumerate(programs)
+            }
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if bar is not None:
+                    bar.advance()
+        except BaseException:
+            cancel.set()  # running programs are killed at once, queued ones never start
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True)
     return results  # type: ignore[return-value]

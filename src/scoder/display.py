@@ -1,0 +1,191 @@
+"""What the command line shows: stage summaries, the plan, the loop's step lines, round tables.
+
+Kept apart from the commands (scoder.cli) so that each reads as what it is: the commands parse and
+call, this module formats. Every piece of text from a model, a user or a file is printed without
+markup interpretation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from scoder.config import Config
+from scoder.ledger import Decision
+from scoder.loop import LoopResult, plan_loop
+from scoder.store import RunDir
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_eval_table(runs: list) -> None:
+    table = Table(title="scoder eval (pass@k by execution)")
+    for column in ("benchmark", "tasks", "n", "base tests", "base + plus (MBPP+)"):
+        table.add_column(column)
+    table.add_column("excluded", justify="right")
+    for r in runs:
+        res = r.results
+        scores = res["pass_at_k"]
+        table.add_row(
+            r.benchmark,
+            str(res["tasks"]),
+            str(res["n"]),
+            ", ".join(f"{k} {v:.4f}" for k, v in scores["base"].items()) or "-",
+            ", ".join(f"{k} {v:.4f}" for k, v in scores.get("plus", {}).items()) or "-",
+            str(len(res["excluded"])),
+        )
+    console.print(table)
+    for r in runs:
+        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False)
+
+
+ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "re-run": "magenta"}
+
+
+def decision_printer(total: int) -> Callable[[Decision], None]:
+    """Prints each step as the loop reaches it: which of how many, what happens and why."""
+    seen = [0]
+
+    def show(decision: Decision) -> None:
+        seen[0] += 1
+        style = ACTION_STYLE[decision.action]
+        err_console.print(
+            f"[dim]\\[{seen[0]}/{max(total, seen[0])}][/] [{style}]{decision.action:>7}[/]  "
+            f"{escape(decision.step)}  [dim]{escape(decision.why)}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    return show
+
+
+def print_plan(cfg: Config) -> None:
+    decisions = plan_loop(cfg)
+    table = Table(title=f"scoder run --dry-run: {cfg.run_dir}")
+    for column in ("step", "action", "why"):
+        table.add_column(column, overflow="fold")
+    for d in decisions:
+        table.add_row(d.step, f"[{ACTION_STYLE[d.action]}]{d.action}[/]", d.why)
+    console.print(table)
+    if any(d.action != "reuse" for d in decisions) and cfg.loop.stop_metric != "none":
+        console.print(
+            "steps after a round that runs are listed as if the stopping rule lets the loop go on"
+        )
+
+
+def print_rounds(result: LoopResult) -> None:
+    table = Table(title="rounds")
+    for column in (
+        "round",
+        "generated",
+        "best/seed",
+        "unscored",
+        "selected",
+        "mean score",
+        "held-out loss",
+        "distinct 4-grams",
+    ):
+        table.add_column(column)
+    for s in result.rounds:
+        table.add_row(
+            str(s.round),
+            str(s.generated),
+            str(s.best_per_seed),
+            "-" if s.unscored_rate is None else f"{s.unscored_rate:.0%}",
+            str(s.selected),
+            _fmt(s.mean_selected_score),
+            ", ".join(f"{k} {_fmt(v)}" for k, v in (s.heldout_dp_loss or {}).items()) or "-",
+            _fmt(s.diversity["distinct_4grams"]),
+        )
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_files(directory: Path, *names: str) -> None:
+    for name in names:
+        console.print(f"  {directory / name}", soft_wrap=True, highlight=False)
+
+
+def print_stage_summary(run: RunDir, stage: str) -> None:
+    entry = run.load_manifest().get("stages", {}).get(stage, {})
+    table = Table(title=f"{stage} ({entry.get('duration_s', 0):.1f} s)", show_header=False)
+    for key, value in entry.get("counts", {}).items():
+        if isinstance(value, dict):
+            value = (
+                ", ".join(f"{k}: {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
+                or "-"
+            )
+        table.add_row(key, str(value))
+    throughput = entry.get("throughput")
+    if throughput and throughput.get("generated_tokens"):
+        table.add_row(
+            "generation",
+            f"{throughput['generated_tokens']} tokens in {throughput['generation_seconds']:.1f} s "
+            f"= {throughput['tokens_per_second']:.1f} tokens/s",
+        )
+    console.print(table)
+
+
+def print_score_summary(summary: dict) -> None:
+    statuses = summary.get("execution_status", {})
+    console.print(
+        "execution of each solution against its own tests: "
+        + (", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "-")
+        + f" (vacuous tests: {summary.get('vacuous_tests', 0)})"
+    )
+    calib = summary.get("calibration", {})
+    table = Table(title="judge calibration against execution (AUC: 0.5 = no signal)")
+    table.add_column("aspect")
+    table.add_column("mean score")
+    table.add_column("AUC")
+    table.add_column("point-biserial r")
+    means = summary.get("mean_aspect_scores", {})
+    for name in [*means, "score"]:
+        entry = calib.get(name, {})
+        table.add_row(
+            name,
+            str(means.get(name, "")),
+            str(entry.get("auc", "-")),
+            str(entry.get("point_biserial", "-")),
+        )
+    console.print(table)
+    if "note" in calib:
+        console.print(
+            f"calibration: {calib['note']} ({calib['n']} scored, {calib['passed']} passed)"
+        )
+    weights = summary.get("weights", {})
+    console.print(
+        "weights ("
+        + str(weights.get("source"))
+        + "): "
+        + ", ".join(f"{k}={v:.3f}" for k, v in weights.get("weights", {}).items())
+    )
+    if "heldout_agreement" in weights:
+        console.print(
+            f"fit on {weights['n']} {weights['kind']} labels: held-out agreement "
+            f"{weights['heldout_agreement']:.3f} (equal weights: "
+            f"{weights['equal_weights_heldout_agreement']:.3f})"
+        )
+
+
+def print_examples(accepted: list, limit: int = 2) -> None:
+    for cand in accepted[:limit]:
+        body = Syntax(cand.solution, "python", theme="ansi_dark", word_wrap=True)
+        console.print(
+            Panel(
+                cand.problem,
+                title=f"problem  ({cand.seed_source.location}:{cand.seed_source.name})",
+            )
+        )
+        console.print(Panel(body, title="solution"))
