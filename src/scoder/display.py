@@ -82,30 +82,20 @@ def print_plan(cfg: Config) -> None:
 
 
 def print_rounds(result: LoopResult) -> None:
-    table = Table(title="rounds")
-    for column in (
-        "round",
-        "generated",
-        "best/seed",
-        "unscored",
-        "selected",
-        "mean score",
-        "held-out loss",
-        "distinct 4-grams",
-    ):
-        table.add_column(column)
+    """A line per round: a table's cells would wrap on a narrow terminal, a line never hides."""
     for s in result.rounds:
-        table.add_row(
-            str(s.round),
-            str(s.generated),
-            str(s.best_per_seed),
-            "-" if s.unscored_rate is None else f"{s.unscored_rate:.0%}",
-            str(s.selected),
-            _fmt(s.mean_selected_score),
-            ", ".join(f"{k} {_fmt(v)}" for k, v in (s.heldout_dp_loss or {}).items()) or "-",
-            _fmt(s.diversity["distinct_4grams"]),
+        unscored = "-" if s.unscored_rate is None else f"{s.unscored_rate:.0%}"
+        losses = ", ".join(f"{k} {_fmt(v)}" for k, v in (s.heldout_dp_loss or {}).items())
+        console.print(
+            f"round {s.round}: {s.generated} generated, {s.best_per_seed} best per seed "
+            f"({unscored} unscored), {s.selected} selected by {s.selection} (mean score "
+            f"{_fmt(s.mean_selected_score)}), distinct 4-grams "
+            f"{_fmt(s.diversity['distinct_4grams'])}"
+            + (f"; held-out D_p loss: {losses}" if losses else ""),
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
         )
-    console.print(table)
 
 
 def _fmt(value: Any) -> str:

@@ -24,7 +24,7 @@ td, th { border: 1px solid #e2e8f0; padding: 3px 8px; text-align: left; vertical
 th { background: #f7fafc; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .muted { color: #718096; } .grid { display: flex; flex-wrap: wrap; gap: 2em; }
-#samples td { max-width: 28em; } #samples pre { white-space: pre-wrap; margin: 0; font-size: 12px;
+#samples { table-layout: fixed; width: 100%; } #samples td { overflow-wrap: anywhere; } #samples pre { white-space: pre-wrap; margin: 0; font-size: 12px;
        max-height: 12em; overflow: auto; }
 .controls input, .controls select { margin: 0 1em 0.5em 0; padding: 3px; }
 """
