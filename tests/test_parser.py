@@ -130,7 +130,8 @@ def test_malformed_outputs_get_a_reason(text, finish, reason):
     assert result.reason == reason
 
 
-PYTEST_STYLE = """### Problem
+# An answer whose tests are written for a test runner rather than as bare asserts.
+ADD_WITH_TESTS = """### Problem
 Add two numbers.
 
 ### Solution
@@ -141,7 +142,11 @@ def add(a, b):
 
 ### Tests
 ```python
-import pytest
+"""
+
+PYTEST_STYLE = (
+    ADD_WITH_TESTS
+    + """import pytest
 
 
 def test_small():
@@ -156,19 +161,11 @@ def test_wrong():
     assert add(2, 2) == 5
 ```
 """
+)
 
-UNITTEST_STYLE = """### Problem
-Add two numbers.
-
-### Solution
-```python
-def add(a, b):
-    return a + b
-```
-
-### Tests
-```python
-import unittest
+UNITTEST_STYLE = (
+    ADD_WITH_TESTS
+    + """import unittest
 
 
 class TestAdd(unittest.TestCase):
@@ -189,6 +186,7 @@ if __name__ == "__main__":
     unittest.main()
 ```
 """
+)
 
 
 @pytest.mark.parametrize(

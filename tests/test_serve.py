@@ -76,15 +76,21 @@ def offline(log):
     return backend
 
 
-def test_request_log_means_a_rerun_sends_nothing(server, tmp_path):
-    log = tmp_path / "requests.jsonl"
-    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
+def generate_then_replay(server, log, params):
+    """CHATS generated through the server with a request log, then again by an offline backend
+    reading that log: (first answers, the offline backend, its answers)."""
     first = OpenAIBackend(base_url=server, model="tiny")
     first.use_request_log(log)
     a = first.generate(CHATS, 1, params)
-    # the same requests against a server that is not there: answered from the log
     replay = offline(log)
-    b = replay.generate(CHATS, 1, params)
+    return a, replay, replay.generate(CHATS, 1, params)
+
+
+def test_request_log_means_a_rerun_sends_nothing(server, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
+    # the same requests against a server that is not there: answered from the log
+    a, replay, b = generate_then_replay(server, log, params)
     assert [c[0].text for c in a] == [c[0].text for c in b]
     assert replay.usage["requests"] == 0 and replay.usage["cached_requests"] == 2
     log.write_text(log.read_text() + '{"key": "cut by a cra')  # a torn last line is ignored
@@ -213,11 +219,8 @@ def test_logprobs_in_openai_shape(server):
 def test_request_log_keeps_logprobs(server, tmp_path):
     log = tmp_path / "requests.jsonl"
     params = SamplingParams(temperature=0.0, max_new_tokens=4, logprobs=2)
-    first = OpenAIBackend(base_url=server, model="tiny")
-    first.use_request_log(log)
-    a = first.generate(CHATS, 1, params)
-    replay = offline(log)
-    b = replay.generate(CHATS, 1, params)  # capabilities from beside the log: no server needed
+    # capabilities from beside the log: no server needed
+    a, replay, b = generate_then_replay(server, log, params)
     assert replay.usage["requests"] == 0 and replay.usage["cached_requests"] == 2
     assert [c[0].logprobs for c in a] == [c[0].logprobs for c in b] and a[0][0].logprobs
 

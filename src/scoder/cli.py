@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -46,7 +45,6 @@ app = typer.Typer(
 console, err_console = display.console, display.err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
-VERBOSE = {"on": False}
 DEBUG = {"on": False}
 
 
@@ -65,10 +63,9 @@ def _options(
 ) -> None:
     """Progress: a live line per long stage on a terminal; one line per finished stage when the
     output is not a terminal or with --quiet. Everything also goes to RUN/log.txt."""
-    VERBOSE["on"] = verbose
     DEBUG["on"] = debug
-    progress.configure("live" if err_console.is_terminal and not quiet else "lines", err_console)
-    progress.quiet_third_parties(verbose=verbose)
+    mode = "live" if err_console.is_terminal and not quiet else "lines"
+    progress.configure(mode, err_console, verbose=verbose)
 
 
 ConfigOpt = Annotated[
@@ -151,7 +148,7 @@ def _config(
     if out is not None:
         overrides.append(f"run_dir={out}")
     cfg = load_config(config, overrides)
-    progress.log_to(Path(cfg.run_dir) / "log.txt", verbose=VERBOSE["on"])
+    progress.log_to(Path(cfg.run_dir) / "log.txt")
     return cfg
 
 
@@ -615,9 +612,8 @@ def demo(
 
 
 def main() -> None:
-    # Progress bars of `datasets` for a handful of rows and transformers' deprecation notices
-    # about its own internals are noise on a terminal; scoder reports its own progress.
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # transformers' deprecation notices about its own internals are noise on a terminal; third-
+    # party progress bars are switched off by progress.configure (scoder reports its own)
     warnings.filterwarnings("ignore", category=FutureWarning)
     app(prog_name="scoder")
 

@@ -48,25 +48,28 @@ class _State:
     console: Console | None = None
     progress: Progress | None = None
     open_tasks: int = 0
+    verbose: bool = False
+    quieted: bool = False
     log_handlers: list[logging.Handler] = field(default_factory=list)
 
 
 _STATE = _State()
 
 
-def configure(mode: Mode, console: Console | None = None) -> None:
-    """How progress is shown from now on (the command line calls this once)."""
+def configure(mode: Mode, console: Console | None = None, *, verbose: bool = False) -> None:
+    """How progress is shown from now on (the command line calls this once); `verbose` keeps
+    third-party bars and warnings on the terminal (see `quiet_third_parties`)."""
+    import os
+
     _STATE.mode = mode
     _STATE.console = console or Console(stderr=True)
+    _STATE.verbose = verbose
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def mode() -> Mode:
-    return _STATE.mode
-
-
-def log_to(path: Path, *, verbose: bool = False) -> None:
-    """Send every log record (scoder's lines, transformers', datasets', warnings) to `path`; on
-    the terminal third-party output is silenced unless `verbose`."""
+def log_to(path: Path) -> None:
+    """Send every log record (scoder's lines, transformers', datasets', warnings) to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for handler in _STATE.log_handlers:
         if getattr(handler, "baseFilename", None) == str(path.resolve()):
@@ -78,28 +81,28 @@ def log_to(path: Path, *, verbose: bool = False) -> None:
     root.setLevel(logging.INFO)
     _STATE.log_handlers.append(handler)
     logging.captureWarnings(True)
-    quiet_third_parties(verbose=verbose)
 
 
-def quiet_third_parties(*, verbose: bool = False) -> None:
-    """Weight-loading and conversion bars and library warnings go to the log file only (and to
-    the terminal as well with `verbose`)."""
-    import os
+def quiet_third_parties() -> None:
+    """Called where models load (scoder.models.loading), so that a command which loads none
+    never pays for importing transformers: weight-loading and conversion bars and library
+    warnings go to the log file only (and to the terminal as well with --verbose). Used as a
+    library (no `configure`), only transformers' per-tensor bars are switched off."""
+    if _STATE.quieted:
+        return
+    _STATE.quieted = True
+    from transformers.utils import logging as hf_logging
 
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers is a dependency
+    if _STATE.mode == "off":
+        hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise
         return
     hf_logging.enable_propagation()  # into the root logger, hence the log file
-    if verbose:
+    if _STATE.verbose:
         hf_logging.set_verbosity_info()
         return
     hf_logging.disable_default_handler()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_warning()
-    logging.getLogger("py.warnings").propagate = True
     for name in ("datasets", "peft", "trl", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -125,20 +128,20 @@ class ProgressTask:
 
     def set_total(self, total: int) -> None:
         self.total = total
-        if _STATE.progress is not None and self._id is not None:
-            _STATE.progress.update(self._id, total=total)
+        self._show(total=total)
 
     def note(self, **fields: Any) -> None:
         """Fields shown on the line (e.g. loss=0.82) without advancing it."""
-        self.fields.update(fields)
-        if _STATE.progress is not None and self._id is not None:
-            _STATE.progress.update(self._id, detail=self._detail())
+        self.advance(0, **fields)
 
     def advance(self, n: int = 1, **fields: Any) -> None:
         self.done += n
         self.fields.update(fields)
+        self._show(advance=n, detail=self._detail())
+
+    def _show(self, **update: Any) -> None:
         if _STATE.progress is not None and self._id is not None:
-            _STATE.progress.update(self._id, advance=n, detail=self._detail())
+            _STATE.progress.update(self._id, **update)
 
     def _detail(self) -> str:
         return "  ".join(

@@ -491,7 +491,7 @@ def run_score(
             ]
 
         scored: list[Candidate] = []
-        resumed = 0
+        resumed = passed = 0
         with track(
             "scoring (execution + judge)", total=len(candidates), unit="candidates"
         ) as progress:
@@ -500,7 +500,7 @@ def run_score(
             ):
                 scored.extend(records)
                 resumed += was_resumed
-                passed = sum(1 for c in scored if c.execution and c.execution.status == "passed")
+                passed += sum(1 for c in records if c.execution and c.execution.status == "passed")
                 progress.advance(len(records), passed=passed)
 
         weights_info = _weights(config, scored, fit_labels)

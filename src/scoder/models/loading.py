@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from scoder.errors import ScoderError
+from scoder.progress import quiet_third_parties
 from scoder.store import write_json
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ def convert_gguf(
     GGUF carries no sampling defaults, and servers such as `transformers serve` decode greedily
     unless `do_sample` is set there. Returns what `scoder-model.json` holds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_third_parties()
 
     gguf_path, target = Path(gguf_path), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +255,7 @@ def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer, with a pad token (its end-of-sequence token when it has none)."""
     from transformers import AutoTokenizer
 
+    quiet_third_parties()
     tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -270,9 +274,8 @@ def load_causal_lm(
     """The causal LM behind `ref` on `device` in `dtype` (auto: bf16 on CUDA, fp32 on a CPU), in
     eval mode, optionally with a LoRA `adapter` attached (its weights trainable or frozen)."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise
+    quiet_third_parties()
     where = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(
         ref.path, dtype=pick_dtype(dtype, where), trust_remote_code=trust_remote_code
