@@ -150,11 +150,13 @@ def round_facts(
     ]
     if "select" in stages:
         funnel.append(("selected", select.get("selected")))
-    drops = {
-        stage: _reasons(_jsonl(where / stage / "dropped.jsonl"))
+    # each stage's dropped records, read once: the drop table, the tallies and the browser use them
+    dropped = {
+        stage: _jsonl(where / stage / "dropped.jsonl")
         for stage in ("synthesize", "decontaminate", "score", "select")
         if (where / stage / "dropped.jsonl").is_file()
     }
+    drops = {stage: _reasons(rows) for stage, rows in dropped.items()}
     weights = _json(where / "score" / "weights.json") or {}
     aspects = list((weights.get("weights") or {}).keys())
     if not aspects and scored:
@@ -168,16 +170,14 @@ def round_facts(
         for a in aspects
     }
     kept = _jsonl(where / "select" / "kept.jsonl")
-    ranked = kept + [
-        r for r in _jsonl(where / "select" / "dropped.jsonl") if r.get("influence") is not None
-    ]
+    ranked = kept + [r for r in dropped.get("select", []) if r.get("influence") is not None]
     influence = [float(r["influence"]) for r in ranked if r.get("influence") is not None]
-    by_id = {r["id"]: r.get("influence") for r in ranked}
+    chosen = {r["id"]: r for r in ranked}  # what selection ranked, by id
     baselines = {
         name: [
-            float(by_id[r["id"]])
+            float(chosen[r["id"]]["influence"])
             for r in _jsonl(where / "select" / "baselines" / f"{name}.jsonl")
-            if by_id.get(r["id"]) is not None
+            if (chosen.get(r["id"]) or {}).get("influence") is not None
         ]
         for name in ("random_at_k", "judge_top_at_k")
     }
@@ -190,7 +190,7 @@ def round_facts(
             per_checkpoint.setdefault(r.get("checkpoint", "base"), Counter())[key] += 1
 
     synthesized = _jsonl(where / "synthesize" / "kept.jsonl")
-    tally(synthesized + _jsonl(where / "synthesize" / "dropped.jsonl"), "generated")
+    tally(synthesized + dropped.get("synthesize", []), "generated")
     tally(synthesized, "parsed")
     tally([r for r in scored if (r.get("execution") or {}).get("status") == "passed"], "passed")
     tally(_jsonl(where / "score" / "kept.jsonl"), "best per seed")
@@ -206,7 +206,7 @@ def round_facts(
         )
     summary = summary or {}
     # scored.jsonl holds every candidate as judged; the stage's kept/dropped say what became of it
-    score_drops = {r["id"]: r for r in _jsonl(where / "score" / "dropped.jsonl")}
+    score_drops = {r["id"]: r for r in dropped.get("score", [])}
     samples = [
         _sample(score_drops[r["id"]], "dropped")
         if r["id"] in score_drops
@@ -216,12 +216,9 @@ def round_facts(
     seen = {s["id"] for s in samples}
     for stage in ("synthesize", "decontaminate"):
         samples += [
-            _sample(r, "dropped")
-            for r in _jsonl(where / stage / "dropped.jsonl")
-            if r.get("id") not in seen
+            _sample(r, "dropped") for r in dropped.get(stage, []) if r.get("id") not in seen
         ]
     selected_ids = {r["id"] for r in kept}
-    chosen = {r["id"]: r for r in ranked}
     for s in samples:
         if s["id"] in chosen:
             s["influence"] = chosen[s["id"]].get("influence")
