@@ -1,8 +1,8 @@
 """What the command line shows: stage summaries, the plan, the loop's step lines, round tables.
 
 Kept apart from the commands (scoder.cli) so that each reads as what it is: the commands parse and
-call, this module formats. Every piece of text from a model, a user or a file is printed without
-markup interpretation.
+call, this module formats. The step and round lines print names and reasons without markup
+interpretation; the stage tables and example panels still pass text to Rich as markup.
 """
 
 from __future__ import annotations

@@ -239,14 +239,13 @@ def compute_influence(
         max_length=max_length,
         loss="mean",  # per-sample loss: mean over response tokens (select/1 summed them)
     )
+    # how to compute them: the spec (what they are) plus settings of speed and memory
     run_spec = dict(
+        {k: v for k, v in spec.items() if k != "loss"},
         batch_tokens=cfg.batch_tokens,
         loss_chunk_tokens=cfg.loss_chunk_tokens,
         gradient_checkpointing=cfg.gradient_checkpointing,
         pad_token_id=tokenizer.pad_token_id,
-        projection_dim=cfg.projection_dim,
-        seed=cfg.projection_seed,
-        max_length=max_length,
     )
     cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
     model = load_causal_lm(ref, device=config.model.device, dtype=config.model.dtype)
