@@ -197,3 +197,12 @@ def test_killed_synthesis_resumes_to_the_same_result(tmp_path, seeds_dir, tiny_m
         a = [c.model_dump() for c in read_jsonl(full / "synthesize" / name, Candidate)]
         b = [c.model_dump() for c in read_jsonl(killed / "synthesize" / name, Candidate)]
         assert a == b
+
+
+def test_report_of_a_missing_or_corrupt_run_is_one_message(tmp_path):
+    proc = scoder("report", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode == 2 and "is not a scoder run directory" in proc.stderr
+    (tmp_path / "manifest.json").write_text('{"stages": {')
+    proc = scoder("report", str(tmp_path), check=False)
+    assert proc.returncode == 2 and f"{tmp_path / 'manifest.json'} is corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoder.store import StoreError, read_jsonl
+
 # Fields of a sample the browser shows; raw outputs and stderr stay in the run's own files.
 SAMPLE_FIELDS = ("id", "round", "checkpoint", "seed_id", "problem", "solution", "tests")
 
@@ -70,13 +72,18 @@ class RunFacts:
 
 
 def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path} is corrupt ({exc}); the report cannot read this run") from None
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """A stage's records; a missing file is a stage that did not write it (a corrupt line is an
+    error naming the file and line, as everywhere records are read)."""
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _reasons(rows: list[dict[str, Any]]) -> dict[str, int]:
