@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with only Python and pip:
-#   make demo   - set up .venv (offline-capable model included) and run `scoder demo`
+#   make demo   - set up .venv and run `scoder demo` (its model is fetched once, see README)
 #   make test   - set up .venv and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scoder demo
+	$(BIN)/scoder demo $(DEMO_ARGS)
 
 # pytest exits 5 when it collected no tests: that must fail loudly, not pass.
 test: $(STAMP)

@@ -55,6 +55,15 @@ def test_help_explains_every_command():
         assert "--set" in sub and "--out" in sub
 
 
+def test_fetch_prints_the_model_directory_or_one_clear_message(tiny_model_dir):
+    proc = scoder("fetch", str(tiny_model_dir))
+    assert proc.stdout.splitlines()[-1] == str(tiny_model_dir.resolve())
+    assert "local, weights sha256:" in proc.stdout
+    missing = scoder("fetch", "nobody/no-such-model", check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "could not load model 'nobody/no-such-model'" in " ".join(missing.stderr.split())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

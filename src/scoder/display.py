@@ -179,3 +179,43 @@ def print_examples(accepted: list, limit: int = 2) -> None:
             )
         )
         console.print(Panel(body, title="solution"))
+
+
+# The funnel a person wants to see: how much of what was generated survives each gate.
+FUNNEL_COLUMNS = (
+    ("generated", "generated"),
+    ("parsed", "parsed"),
+    ("executed and passed", "passed their own tests"),
+)
+
+
+def print_demo_outcome(run_dir: Path, examples: int = 2) -> None:
+    """The funnel of every round and of the final stage in one table, then `examples` rows of the
+    final dataset (problem, solution, tests) as plain text: model output is never markup."""
+    from scoder.report.facts import run_facts
+    from scoder.store import read_jsonl
+
+    facts = run_facts(run_dir, sample_limit=0)
+    table = Table(title="funnel", title_justify="left")
+    table.add_column("stage")
+    for _, header in FUNNEL_COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("selected", justify="right")
+    stages = [(f"round {r.round}", r, "selected") for r in facts.rounds]
+    if facts.final:
+        stages.append(("final dataset", facts.final, "best per seed"))
+    for label, stage, chosen in stages:
+        counts = dict(stage.funnel)
+        cells = [counts.get(key) for key, _ in FUNNEL_COLUMNS] + [counts.get(chosen)]
+        table.add_row(label, *("-" if c is None else str(c) for c in cells))
+    console.print(table)
+    dataset = run_dir / "final" / "dataset.jsonl"
+    rows = read_jsonl(dataset)[:examples] if dataset.is_file() else []
+    for i, row in enumerate(rows, 1):
+        verdict = "passes its tests" if row.get("tests_passed") else "does not pass its tests"
+        console.print(
+            f"\n--- example {i} of the final dataset ({verdict}) ---", highlight=False, markup=False
+        )
+        for part in ("problem", "solution", "tests"):
+            console.print(f"# {part}", style="bold", highlight=False, markup=False)
+            console.print(str(row.get(part, "")).strip(), highlight=False, markup=False)

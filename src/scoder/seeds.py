@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from scoder.builtin import builtin_path
 from scoder.config import Config, SeedsConfig
 from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
+from scoder.purity import impurity
 from scoder.records import Seed, SeedSource
 from scoder.store import RunDir, fingerprint
 
@@ -40,6 +42,7 @@ SeedDrop = Literal[
     "no_definitions",
     "too_short",
     "too_long",
+    "not_pure",
 ]
 REASONS = DropReasons(STAGE, SeedDrop)
 # Parts of the standard library that are tests, demos or vendored code rather than library code.
@@ -100,6 +103,8 @@ def source_kind(source: str) -> str:
         return "stdlib"
     if source.startswith("hf:"):
         return "hf"
+    if builtin_path(source):
+        return "builtin"
     path = Path(source).expanduser()
     if path.is_dir():
         return "dir"
@@ -126,8 +131,9 @@ def _units(cfg: SeedsConfig, random_seed: int, *, ordered: bool) -> Iterator[_Un
     elif kind == "dir":
         root = Path(cfg.source).expanduser().resolve()
         yield from _file_units(root, _dir_files(root, cfg), "dir", cfg, random_seed, ordered)
-    elif kind == "file":
-        table = _read_table(Path(cfg.source).expanduser(), cfg)
+    elif kind in ("file", "builtin"):
+        path = builtin_path(cfg.source) or Path(cfg.source).expanduser()
+        table = _read_table(path, cfg)
         yield from _row_units(table, cfg.source, "file", cfg, random_seed, ordered)
     else:
         yield from _row_units(_hf_rows(cfg), cfg.source[3:], "hf", cfg, random_seed, ordered)
@@ -220,7 +226,7 @@ def _row_units(
     random_seed: int,
     ordered: bool,
 ) -> Iterator[_Unit]:
-    if ordered and kind == "file":
+    if ordered and kind == "file":  # a file or a builtin: read whole, then shuffled
         rows_list = list(rows)
         order = sorted(range(len(rows_list)), key=lambda i: _shuffle_key(random_seed, str(i)))
         indexed: Iterator[tuple[int, Any]] = ((i, rows_list[i]) for i in order)
@@ -301,6 +307,8 @@ def _seeds_of_unit(unit: _Unit, cfg: SeedsConfig) -> Iterator[Seed]:
             yield drop(
                 "too_long", f"{len(snippet)} chars > max_chars={cfg.max_chars}", snippet, **span
             )
+        elif cfg.pure_functions and (why := impurity(snippet)):
+            yield drop("not_pure", why, snippet, **span)
         else:
             source = unit.source.model_copy(update=span)
             yield Seed(id=_seed_id(source, snippet), text=snippet, source=source)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from scoder.builtin import builtin_path
 from scoder.config import Config
 from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
@@ -30,18 +30,6 @@ STAGE = "teacher"
 VERSION = "teacher/1"  # bump when the same config would give another D_p
 TeacherDrop = Literal["duplicate"]  # (answers of the generate route are dropped by synthesis)
 REASONS = DropReasons(STAGE, TeacherDrop)
-
-
-BUILTIN_DP = "builtin:mbpp-train"  # the D_p shipped with scoder (MBPP train split, CC-BY-4.0)
-
-
-def builtin_path(source: str) -> Path | None:
-    """The file behind a `builtin:` source, or None for any other source."""
-    if source != BUILTIN_DP:
-        if source.startswith("builtin:"):
-            raise ScoderError(f"unknown built-in source {source!r}; there is {BUILTIN_DP!r}")
-        return None
-    return Path(str(resources.files("scoder") / "data" / "dp_mbpp_train.jsonl"))
 
 
 def _rows(source: str, split: str) -> tuple[list[dict[str, Any]], str]:

@@ -35,7 +35,8 @@ def final_dataset(
     )
     kept = sampled.pool
     if final.score:
-        kept = best_per_seed(run, "final/score", "final", sampled.pool, True, 0)
+        gated = final.gated(config)
+        kept = best_per_seed(run, "final/score", "final", sampled.pool, True, 0, gated)
     upstream = list(run.ledger.declared)
 
     def make(discard: bool) -> Dataset:
@@ -57,7 +58,7 @@ def final_dataset(
         Dataset,
         code="export/2",
         reads={
-            "final": final.model_dump(mode="json", include={"license", "score"}),
+            "final": final.model_dump(mode="json", include={"license", "score", "require_pass"}),
             "card": {
                 "seeds_source": config.seeds.source,
                 "teacher": config.teacher.model_dump(mode="json"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scoder import decontaminate, seeds, teacher
+from scoder.builtin import builtin_path
 from scoder.config import Config
 from scoder.errors import ScoderError
 from scoder.ledger import Step
@@ -123,7 +124,7 @@ def superior_samples(run: Run, pool: Step[SeedPool]) -> Step[Dp]:
         "dp_heldout": config.loop.dp_heldout,
         "decontaminate": decontamination_reads(config) if config.loop.decontaminate else None,
     }
-    source = teacher.builtin_path(cfg.source) if cfg.source else None
+    source = builtin_path(cfg.source) if cfg.source else None
     source = source or (Path(cfg.source) if cfg.source else None)
     if source is not None and source.is_file():
         reads["source_digest"] = file_digest(source)

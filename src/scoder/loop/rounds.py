@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoder import decontaminate, score, select, synthesize
-from scoder.config import LoopConfig
+from scoder.config import Config, LoopConfig
 from scoder.errors import ScoderError
 from scoder.ledger import Step
 from scoder.loop.context import (
@@ -114,11 +114,17 @@ def sample(
 
 
 def best_per_seed(
-    run: Run, name: str, where: str, pool: Step[Candidates], scorer: bool, pick_seed: int
+    run: Run,
+    name: str,
+    where: str,
+    pool: Step[Candidates],
+    scorer: bool,
+    pick_seed: int,
+    config: Config | None = None,
 ) -> Step[Candidates]:
     """Execute and judge the pool and keep the best candidate per seed (or, with the scorer
-    off, a random one)."""
-    config = run.config
+    off, a random one). `config`: the run's, unless a stage scores with settings of its own."""
+    config = config or run.config
 
     def make(discard: bool) -> Candidates:
         if not pool.result.candidates:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from scoder.errors import ScoderError
+from scoder.models.pinned import MARKER, PINNED, PinnedModel, fetch_pinned, pinned_origin
 from scoder.progress import quiet_third_parties
 from scoder.store import write_json
 
@@ -44,10 +45,21 @@ class ModelRef:
     id: str  # what the user named, or the embedded model's hub id
     path: Path  # a local directory that transformers can load
     digest: str  # sha256 over the weight files
-    source: Literal["embedded", "local", "hub"]
+    source: Literal["embedded", "local", "hub", "registry"]
+    # Where the weights came from when that is more than `source` says (a pinned registry copy:
+    # its packages, GGUF digest and upstream id; a hub snapshot: its commit).
+    origin: dict[str, Any] | None = None
 
-    def describe(self) -> dict[str, str]:
-        return {"id": self.id, "path": str(self.path), "digest": self.digest, "source": self.source}
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "id": self.id,
+            "path": str(self.path),
+            "digest": self.digest,
+            "source": self.source,
+        }
+        if self.origin:
+            described["origin"] = self.origin
+        return described
 
 
 def scoder_cache_dir() -> Path:
@@ -64,17 +76,52 @@ def resolve_model(name: str | None, *, revision: str | None = None) -> ModelRef:
         return embedded_model()
     path = Path(name).expanduser()
     if path.is_dir():
-        return ModelRef(id=name, path=path.resolve(), digest=weights_digest(path), source="local")
+        return ModelRef(
+            id=name,
+            path=path.resolve(),
+            digest=weights_digest(path),
+            source="local",
+            origin=pinned_origin(path),  # a directory scoder converted records its source
+        )
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFound(f"model directory not found: {name}")
-    return _hub_model(name, revision)
+    try:
+        return _hub_model(name, revision)
+    except ModelNotFound as hub_error:
+        pinned = PINNED.get(name) if revision in (None, "main") else None
+        if pinned is None:
+            raise
+        return pinned_model(pinned, hub_error)
+
+
+def pinned_model(pinned: PinnedModel, hub_error: Exception | None = None) -> ModelRef:
+    """The pinned registry copy of a hub model, fetched and converted once into the cache."""
+    target = scoder_cache_dir() / "models" / pinned.dir_name
+    if not (target / MARKER).is_file():
+        why = f" ({hub_error})" if hub_error else ""
+        print(
+            f"scoder: {pinned.model_id} is not on the Hugging Face Hub from here{why}; fetching "
+            f"its pinned copy (GGUF sha256 {pinned.sha256[:12]}...) from the package registry, "
+            "once",
+            file=sys.stderr,
+            flush=True,
+        )
+    path = fetch_pinned(pinned, scoder_cache_dir())
+    info = json.loads((path / MARKER).read_text())
+    return ModelRef(
+        id=pinned.model_id,
+        path=path,
+        digest=info["weights_digest"],
+        source="registry",
+        origin=pinned_origin(path),
+    )
 
 
 def embedded_model() -> ModelRef:
     gguf_path = _embedded_gguf()
     stat = gguf_path.stat()
     target = scoder_cache_dir() / "models" / f"smollm2-135m-instruct-q4_1-{stat.st_size}"
-    marker = target / "scoder-model.json"
+    marker = target / MARKER
     if not marker.is_file():
         print(
             f"scoder: converting the embedded model once into {target} (about 30 s)",
@@ -150,15 +197,15 @@ def convert_gguf(
             "weights_digest": weights_digest(tmp, use_cache=False),
             "model_id": model_id,
         }
-        (tmp / "scoder-model.json").write_text(json.dumps(info, indent=2))
+        (tmp / MARKER).write_text(json.dumps(info, indent=2))
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / "scoder-model.json").is_file():  # not a concurrent conversion
+            if not (target / MARKER).is_file():  # not a concurrent conversion
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads((target / "scoder-model.json").read_text())  # a concurrent run's, if it won
+    return json.loads((target / MARKER).read_text())  # a concurrent run's, if it won
 
 
 def _hub_model(name: str, revision: str | None) -> ModelRef:
@@ -177,7 +224,14 @@ def _hub_model(name: str, revision: str | None) -> ModelRef:
             f"could not load model {name!r}: it is not a local directory and the Hugging Face "
             f"Hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from None
-    return ModelRef(id=name, path=path, digest=weights_digest(path), source="hub")
+    # A hub snapshot's directory is named after its commit: the revision that pins the weights.
+    return ModelRef(
+        id=name,
+        path=path,
+        digest=weights_digest(path),
+        source="hub",
+        origin={"revision": path.name},
+    )
 
 
 def _weight_files(path: Path) -> list[Path]:
