@@ -119,9 +119,11 @@ def impurity(code: str) -> str | None:
             bound.add(node.rest)
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
+        elif (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            or isinstance(node, ast.ExceptHandler)
+            and node.name
+        ):
             bound.add(node.name)
         elif isinstance(node, ast.Return) and node.value is not None:
             returns_value = True
