@@ -1,6 +1,6 @@
 """One round of synthesis + scoring on a real code model, in process and through servers.
 
-Qwen2.5-Coder-0.5B-Instruct (scripts/fetch_qwen_coder.py) synthesizes from the same stdlib
+Qwen2.5-Coder-0.5B-Instruct (`scoder fetch`) synthesizes from the same stdlib
 seeds, then judges what it wrote, along four paths:
 
 - in process (`TransformersBackend`; prefill; the judge's digits read by teacher forcing);
@@ -14,7 +14,7 @@ generated tokens/s. Then in process and `scoder serve` generate the same greedy 
 interleaved rounds: the median ratio of their tokens/s is the HTTP path's overhead (target 0.9).
 Every raw answer is written to --corpus-out for the parser corpora under tests/data.
 
-    MODEL=$(.venv/bin/python scripts/fetch_qwen_coder.py | tail -1)
+    MODEL=$(.venv/bin/scoder fetch | tail -1)
     .venv/bin/python bench/bench_real_model.py --model "$MODEL"
 """
 

@@ -43,6 +43,22 @@ def test_forced_choices_equal_a_plain_forward_pass_of_the_whole_text(backend):
             text_ids.append(ids[max(range(len(choices)), key=lambda i: want[i])])
 
 
+def test_forced_choices_compute_the_vocabulary_only_at_the_last_position(backend):
+    """The output layer sees one position per row and step, not the whole prompt: for a 152k
+    vocabulary the whole prompt's logits were most of the demo's peak memory."""
+    tok, model = backend.tokenizer, backend.model
+    prompts = [tok("def f(x):\n    return x" * 4, add_special_tokens=False)["input_ids"]] * 2
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: seen.append(tuple(args[0].shape))
+    )
+    try:
+        choice_probabilities(model, tok, prompts, [(' "a": ', ["1", "2"])], batch_size=2)
+    finally:
+        hook.remove()
+    assert seen == [(2, 1, model.config.hidden_size)]
+
+
 def candidates(n=3):
     return [
         make_candidate(id=f"c{i}", seed_id=f"s{i}", problem=f"Add {i}.", solution="x = 1")

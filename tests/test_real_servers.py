@@ -5,7 +5,7 @@ the synthesizer behind `scoder serve`, standing in for vLLM: each round's LoRA c
 registered with it at run time (POST /v1/load_lora_adapter) and sampled under their served names,
 while training and influence load the same weights locally.
 
-The model directory: $SCODER_QWEN_DIR, else the one scripts/fetch_qwen_coder.py makes in the
+The model directory: $SCODER_QWEN_DIR, else the one `scoder fetch` makes in the
 user's scoder cache."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SCODER_QWEN_TESTS") != "1" or not (QWEN / "config.json").is_file(),
-    reason="opt-in: SCODER_QWEN_TESTS=1 and the 0.5B model (scripts/fetch_qwen_coder.py)",
+    reason="opt-in: SCODER_QWEN_TESTS=1 and the 0.5B model (scoder fetch)",
 )
 
 

@@ -51,6 +51,9 @@ def choice_probabilities(
     device = next(model.parameters()).device
     forward = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward)
     cache_arg = "cache" if "cache" in forward.parameters else "past_key_values"
+    # Only the last position's logits are read: without this the first pass holds batch x prompt
+    # x vocabulary floats (16 x 900 x 152k = 8.7 GB for Qwen2.5).
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward.parameters else {}
     out: list[list[dict[str, float]]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together
     with torch.inference_mode():
@@ -79,6 +82,7 @@ def choice_probabilities(
                     attention_mask=mask,
                     position_ids=positions,
                     use_cache=True,
+                    **last_only,
                     **kwargs,
                 )
                 cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
