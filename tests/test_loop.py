@@ -750,6 +750,7 @@ def test_scoder_demo_with_another_model_ends_with_funnel_rows_and_report(
         "synthesis.max_new_tokens": 120,
         "score.max_new_tokens": 80,
         "train.lora_targets": "[q_proj, v_proj]",
+        "train.max_length": 4096,  # the tiny tokenizer spells MBPP rows out in many tokens
         "select.projection_dim": 64,
         "loop.seeds_per_round": 3,
         "loop.dp_heldout": 1,
