@@ -118,14 +118,3 @@ def test_the_paper_recipe_is_one_config():
 def test_what_a_run_cannot_do_is_refused_at_load(sets, expected):
     with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
         load_config(None, sets)
-
-
-def test_the_final_gate_follows_the_rounds_gate_unless_set():
-    same = load_config(None, ["score.require_pass=true"])
-    assert same.final.gated(same) is same
-    cfg = load_config(None, ["final.require_pass=true"])
-    gated = cfg.final.gated(cfg)
-    assert gated.score.require_pass and not cfg.score.require_pass
-    assert gated.score.model_dump(exclude={"require_pass"}) == cfg.score.model_dump(
-        exclude={"require_pass"}
-    )

@@ -120,8 +120,8 @@ class SeedsConfig(_Section):
 
     source: str = Field(
         default="stdlib",
-        description="'stdlib' (this Python's standard library), a directory or git checkout, "
-        "a .jsonl/.parquet file, or 'hf:DATASET' (Hugging Face dataset).",
+        description="'stdlib' (this Python's), a directory or git checkout, a .jsonl/.parquet "
+        "file, 'hf:DATASET' (Hugging Face), or 'builtin:mbpp-train' (shipped).",
     )
     column: str = Field(default="content", description="Text column for files and datasets.")
     split: str = Field(default="train", description="Split for Hugging Face datasets.")
@@ -134,12 +134,7 @@ class SeedsConfig(_Section):
     max_lines: int = Field(default=60, ge=1)
     max_chars: int = Field(default=3000, ge=1)
     max_file_bytes: int = Field(default=1_000_000, ge=1)
-    pure_functions: bool = Field(
-        default=False,
-        description="Keep only pure, self-contained functions (their parameters in, a value out; "
-        "no I/O, module globals or classes): the seeds a small model can write tests for. "
-        "Others are dropped as `not_pure`, with what made them so.",
-    )
+    pure_functions: bool = Field(default=False, description="Only pure functions: scoder.purity.")
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of paths to skip (directory sources)."
     )
@@ -266,8 +261,7 @@ class TeacherConfig(_Section):
     )
     model: ModelConfig | None = Field(
         default=None,
-        description="generate: the teacher model (e.g. a strong model behind an API); none = "
-        "the synthesizer's `model` writes D_p itself.",
+        description="generate: the teacher (e.g. behind an API); none = the synthesizer's own.",
     )
     source: str | None = Field(
         default=None, description="import/derive: a .jsonl/.parquet file or hf:DATASET."
@@ -527,21 +521,10 @@ class FinalConfig(_Section):
     score: bool = Field(
         default=True, description="Verify + judge the final samples; keep the best per seed."
     )
-    require_pass: bool | None = Field(
-        default=None,
-        description="The execution gate of the final dataset: keep only rows whose solution "
-        "passed its own tests (none = as score.require_pass, which also gates the rounds).",
-    )
+    require_pass: bool | None = Field(default=None, description="None = score.require_pass.")
     license: str | None = Field(
         default=None, description="Dataset license for the data card (else: unknown)."
     )
-
-    def gated(self, config: Config) -> Config:
-        """`config` as the final stage scores with: its own execution gate, when it has one."""
-        if self.require_pass is None or self.require_pass == config.score.require_pass:
-            return config
-        score = config.score.model_copy(update={"require_pass": self.require_pass})
-        return config.model_copy(update={"score": score})
 
 
 class CodeModelConfig(_Section):

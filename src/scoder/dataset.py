@@ -107,7 +107,9 @@ def data_card(
     weights_text = ", ".join(f"{k} {v:g}" for k, v in weights.items())
     if score.weights_file:
         weights_text = f"from `{score.weights_file}`"
-    final_gate = config.final.gated(config).score.require_pass
+    final_gate = (
+        score.require_pass if config.final.require_pass is None else config.final.require_pass
+    )
     gate = (
         "on: only candidates whose solution passed their own tests were chosen"
         if final_gate

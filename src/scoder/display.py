@@ -20,7 +20,8 @@ from rich.table import Table
 from scoder.config import Config
 from scoder.ledger import Decision
 from scoder.loop import LoopResult, plan_loop
-from scoder.store import RunDir
+from scoder.report.facts import run_facts
+from scoder.store import RunDir, read_jsonl
 
 console = Console()
 err_console = Console(stderr=True)
@@ -192,9 +193,6 @@ FUNNEL_COLUMNS = (
 def print_demo_outcome(run_dir: Path, examples: int = 2) -> None:
     """The funnel of every round and of the final stage in one table, then `examples` rows of the
     final dataset (problem, solution, tests) as plain text: model output is never markup."""
-    from scoder.report.facts import run_facts
-    from scoder.store import read_jsonl
-
     facts = run_facts(run_dir, sample_limit=0)
     table = Table(title="funnel", title_justify="left")
     table.add_column("stage")

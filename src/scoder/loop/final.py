@@ -35,7 +35,11 @@ def final_dataset(
     )
     kept = sampled.pool
     if final.score:
-        gated = final.gated(config)
+        gated = config
+        if final.require_pass is not None and final.require_pass != config.score.require_pass:
+            # the final dataset's own execution gate
+            score = config.score.model_copy(update={"require_pass": final.require_pass})
+            gated = config.model_copy(update={"score": score})
         kept = best_per_seed(run, "final/score", "final", sampled.pool, True, 0, gated)
     upstream = list(run.ledger.declared)
 

@@ -215,6 +215,20 @@ def convert_gguf(
     return json.loads((target / MARKER).read_text())  # a concurrent run's, if it won
 
 
+def convert_job(job: dict[str, Any]) -> None:
+    """The child process of `convert`."""
+    # transformers may print to stdout; the parent reads only the exit status and the marker.
+    with contextlib.redirect_stdout(sys.stderr):
+        convert_gguf(
+            job["gguf"],
+            job["target"],
+            model_id=job["model_id"],
+            source_info=job["source_info"],
+            gguf_digest=job["gguf_digest"],
+            generation_config=job["generation_config"],
+        )
+
+
 def _hub_model(name: str, revision: str | None) -> ModelRef:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

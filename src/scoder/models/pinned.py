@@ -239,7 +239,7 @@ def convert(gguf: Path, target: Path, model: PinnedModel, log: Log = _stderr) ->
         "generation_config": model.generation_config,
     }
     child = (
-        "import json, sys; from scoder.models.pinned import convert_job; "
+        "import json, sys; from scoder.models.loading import convert_job; "
         "convert_job(json.loads(sys.argv[1]))"
     )
     proc = subprocess.run(
@@ -254,22 +254,6 @@ def convert(gguf: Path, target: Path, model: PinnedModel, log: Log = _stderr) ->
     info = json.loads((target / MARKER).read_text())
     log(f"converted in {time.monotonic() - start:.0f} s; weights {info['weights_digest']}")
     return info
-
-
-def convert_job(job: dict[str, Any]) -> None:
-    """The child process of `convert`."""
-    from scoder.models.loading import convert_gguf
-
-    # transformers may print to stdout; the parent reads only the exit status and the marker.
-    with contextlib.redirect_stdout(sys.stderr):
-        convert_gguf(
-            job["gguf"],
-            job["target"],
-            model_id=job["model_id"],
-            source_info=job["source_info"],
-            gguf_digest=job["gguf_digest"],
-            generation_config=job["generation_config"],
-        )
 
 
 def clean_up(wheel_dir: Path, gguf: Path, parts: Sequence[Part], log: Log = _stderr) -> None:
