@@ -24,7 +24,7 @@ from scoder.eval.benchmarks import BENCHMARKS
 from scoder.loop import plan_loop, run_loop
 from scoder.models import TransformersBackend, load_backend, resolve_model
 from scoder.models.pinned import QWEN_CODER_05B
-from scoder.report import write_report
+from scoder.report import run_facts, write_report
 from scoder.score import run_score
 from scoder.seeds import run_seeds
 from scoder.select import run_select
@@ -570,11 +570,11 @@ def _run_loop(
     console.print(
         f"final dataset: {final.samples} samples in {where}", highlight=False, soft_wrap=True
     )
+    facts = run_facts(Path(cfg.run_dir))  # read once: for the outcome and for the report
     if outcome:
-        display.print_demo_outcome(Path(cfg.run_dir))
-    console.print(
-        f"report: {write_report(Path(cfg.run_dir))}", highlight=False, soft_wrap=True, markup=False
-    )
+        display.print_demo_outcome(Path(cfg.run_dir), facts)
+    report_path = write_report(Path(cfg.run_dir), facts=facts)
+    console.print(f"report: {report_path}", highlight=False, soft_wrap=True, markup=False)
     if push_to:
         console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from scoder.config import Config
 from scoder.ledger import Decision
 from scoder.loop import LoopResult, plan_loop
-from scoder.report.facts import run_facts
+from scoder.report.facts import RunFacts, run_facts
 from scoder.store import RunDir, read_jsonl
 
 console = Console()
@@ -190,10 +190,11 @@ FUNNEL_COLUMNS = (
 )
 
 
-def print_demo_outcome(run_dir: Path, examples: int = 2) -> None:
+def print_demo_outcome(run_dir: Path, facts: RunFacts | None = None, examples: int = 2) -> None:
     """The funnel of every round and of the final stage in one table, then `examples` rows of the
-    final dataset (problem, solution, tests) as plain text: model output is never markup."""
-    facts = run_facts(run_dir, sample_limit=0)
+    final dataset (problem, solution, tests) as plain text: model output is never markup.
+    `facts`: the run's, when the caller has read them already."""
+    facts = facts or run_facts(run_dir, sample_limit=0)
     table = Table(title="funnel", title_justify="left")
     table.add_column("stage")
     for _, header in FUNNEL_COLUMNS:
