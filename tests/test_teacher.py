@@ -109,7 +109,8 @@ def test_shipped_demo_dp_is_complete_and_attributed():
 
 
 def test_generate_route_killed_and_resumed_sends_only_missing_requests(server, tmp_path):
-    """Kill -9 a `scoder teacher --route generate` run against `scoder serve`, run it again."""
+    """Kill -9 a `scoder teacher --route generate` run against `scoder serve`, run it again.
+    The teacher answers each seed once, whatever N the rounds sample with (synthesis.n=3)."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "m.py").write_text(
@@ -129,6 +130,8 @@ def test_generate_route_killed_and_resumed_sends_only_missing_requests(server, t
         "synthesis.chunk_size=8",
         "--set",
         "synthesis.max_new_tokens=48",
+        "--set",
+        "synthesis.n=3",
         "--set",
         "model.max_concurrency=1",
     ]

@@ -139,6 +139,8 @@ def run_teacher(
         "teacher": cfg.model_dump(mode="json"),
         "random_seed": config.random_seed,
     }
+    # one answer per seed: D_p is `limit` samples, whatever N the rounds sample with
+    sampling = config.synthesis.model_copy(update={"n": 1})
     if cfg.route == "generate":
         seeds_path = seeds_path or run.stage_dir("seeds") / "kept.jsonl"
         if not seeds_path.is_file():
@@ -147,7 +149,7 @@ def run_teacher(
             )
         identity.update(
             model=(cfg.model or config.model).model_dump(mode="json"),
-            synthesis=config.synthesis.model_dump(mode="json"),
+            synthesis=sampling.model_dump(mode="json"),
             seeds=file_digest(seeds_path),
         )
     elif cfg.source and (builtin_path(cfg.source) or Path(cfg.source)).is_file():
@@ -162,7 +164,7 @@ def run_teacher(
             result = synthesize(
                 seeds,
                 backend,
-                config.synthesis,
+                sampling,
                 parts_dir=out / "parts",
                 random_seed=config.random_seed,
                 checkpoint="teacher",

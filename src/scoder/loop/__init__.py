@@ -109,7 +109,9 @@ def recipe(run: Run) -> LoopResult | None:
     tuned = code_model(run, dataset) if dataset and config.code_model.enabled else None
     evals = {}
     if tuned is not None:
-        backend = _lazy(lambda: load_backend(_tuned_model(run, tuned)))
+        # prompted in the format it was trained in: the plain transcript when its training was
+        plain = config.code_model.train.template == "plain"
+        backend = _lazy(lambda: load_backend(_tuned_model(run, tuned), plain_transcript=plain))
         for benchmark in config.code_model.eval_benchmarks:
             evals[benchmark] = evaluate(run, tuned, benchmark, backend)
     if ledger.dry_run:

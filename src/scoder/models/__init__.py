@@ -21,17 +21,19 @@ from scoder.models.loading import (
 from scoder.models.openai_backend import OpenAIBackend
 
 
-def _transformers_backend(cfg: ModelConfig) -> GenerationBackend:
+def _transformers_backend(cfg: ModelConfig, plain_transcript: bool = False) -> GenerationBackend:
     return TransformersBackend(
         resolve_model(cfg.name, revision=cfg.revision),
         device=cfg.device,
         dtype=cfg.dtype,
         batch_size=cfg.batch_size,
         trust_remote_code=cfg.trust_remote_code,
+        plain_transcript=plain_transcript,
     )
 
 
-def _openai_backend(cfg: ModelConfig) -> GenerationBackend:
+def _openai_backend(cfg: ModelConfig, plain_transcript: bool = False) -> GenerationBackend:
+    # a server renders prompts with its own chat template
     return OpenAIBackend(
         base_url=cfg.base_url or "",
         model=cfg.served_name or cfg.name or "",
@@ -45,14 +47,16 @@ def _openai_backend(cfg: ModelConfig) -> GenerationBackend:
     )
 
 
-BACKENDS: dict[str, Callable[[ModelConfig], GenerationBackend]] = {
+BACKENDS: dict[str, Callable[[ModelConfig, bool], GenerationBackend]] = {
     "transformers": _transformers_backend,
     "openai": _openai_backend,
 }
 
 
-def load_backend(cfg: ModelConfig) -> GenerationBackend:
-    return BACKENDS[cfg.backend](cfg)
+def load_backend(cfg: ModelConfig, *, plain_transcript: bool = False) -> GenerationBackend:
+    """The backend `cfg` names. `plain_transcript`: prompt an in-process model with the plain
+    transcript (it was trained on it) even when its tokenizer has a chat template."""
+    return BACKENDS[cfg.backend](cfg, plain_transcript)
 
 
 __all__ = [

@@ -36,6 +36,7 @@ class TransformersBackend:
         dtype: str = "auto",
         batch_size: int | str = "auto",
         trust_remote_code: bool = False,
+        plain_transcript: bool = False,
     ):
         self.ref = ref
         self.model_id = ref.id
@@ -48,7 +49,8 @@ class TransformersBackend:
         self.batch_size = (
             AUTO_BATCH_SIZE.get(self.device.type, 16) if batch_size == "auto" else int(batch_size)
         )
-        self.uses_chat_template = bool(self.tokenizer.chat_template)
+        # A model trained on the plain transcript is prompted with it, chat template or not.
+        self.uses_chat_template = bool(self.tokenizer.chat_template) and not plain_transcript
         self.adapters: dict[str, Path] = {}
         # transformers >= 5.2x names the generate/forward argument `cache`; older ones
         # `past_key_values`.
@@ -162,7 +164,7 @@ class TransformersBackend:
         opening = not continuing if add_generation_prompt is None else add_generation_prompt
         if continuing and opening:
             raise ScoderError("a continued assistant message cannot also open a new turn")
-        if self.tokenizer.chat_template:
+        if self.uses_chat_template:
             text = self.tokenizer.apply_chat_template(
                 chat,
                 tokenize=False,
