@@ -24,7 +24,7 @@ def test_defaults_and_demo_config_validate():
     # a code model that judges itself, on seeds it can write tests for, behind the execution gate
     assert demo.model.name == demo.score.judge.name == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     assert demo.seeds.pure_functions and demo.score.require_pass and demo.final.score
-    assert demo.loop.seeds_per_round >= 8 and demo.final.samples >= 8
+    assert demo.loop.seeds_per_round >= 8 and demo.final.samples >= 8 and demo.final.n == 2
 
 
 @pytest.mark.parametrize(

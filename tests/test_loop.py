@@ -22,6 +22,7 @@ import yaml
 from scoder.config import load_config
 from scoder.errors import ScoderError
 from scoder.loop import RoundSummary, plan_loop, run_loop, stop_reason
+from scoder.templates import PLAIN_TEMPLATE_ID
 
 ANSWER_PROBLEM = "Write a function `add_one(x)` that returns x plus one."
 ANSWER_SOLUTION = "def add_one(x):\n    return x + 1"
@@ -327,11 +328,12 @@ UPSTREAM = ["seeds", "decontaminate", "teacher", "dp", "rounds"]
 def test_a_downstream_change_reruns_only_the_final_steps_of_a_moved_run(
     tmp_path, parrot_model_dir, uninterrupted
 ):
-    """final.samples after a finished run, in a copy of its directory: the dry run says the
-    final steps re-run and why; the run re-runs them (sampling with the checkpoints of the copy,
-    not of the original) and leaves every earlier output as it was, bytes and times."""
+    """final.samples and final.n after a finished run, in a copy of its directory: the dry run
+    says the final steps re-run and why; the run re-runs them (sampling with the checkpoints of
+    the copy, not of the original; N samples per seed, the best per seed a row) and leaves every
+    earlier output as it was, bytes and times."""
     run = copy_run(uninterrupted, tmp_path / "moved")
-    config = variant(uninterrupted, run, tmp_path, final__samples=3)
+    config = variant(uninterrupted, run, tmp_path, final__samples=3, final__n=2)
     plan = planned(config)
     rerun = {step for step, (action, _) in plan.items() if action != "reuse"}
     assert rerun == {
@@ -354,8 +356,13 @@ def test_a_downstream_change_reruns_only_the_final_steps_of_a_moved_run(
         else (sampled["checkpoints"].values())
     )
     assert Path(checkpoint).resolve().is_relative_to(run.resolve())
-    seeds = {r["seed"] for r in lines(run / "final" / "dataset.jsonl")}
+    rows = lines(run / "final" / "dataset.jsonl")
+    seeds = {r["seed"] for r in rows}
     assert 1 <= len(seeds) <= 3 and len(lines(run / "final" / "seeds.jsonl")) == 3
+    assert len(rows) == len(seeds)  # one row per seed, out of its two samples
+    sampled = lines(run / "final" / "synthesize" / "kept.jsonl")
+    sampled += lines(run / "final" / "synthesize" / "dropped.jsonl")
+    assert sorted(r["sample_index"] for r in sampled) == [0, 0, 0, 1, 1, 1]
 
 
 def test_an_upstream_change_reruns_its_round_and_what_follows_and_nothing_before(
@@ -459,6 +466,7 @@ def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
         "code_model.enabled=true",
         "code_model.train.epochs=1",
         "code_model.train.lora_targets=[q_proj, v_proj]",
+        "code_model.train.template=plain",
         "eval.limit=2",
         "eval.max_new_tokens=16",
     ]
@@ -478,6 +486,8 @@ def test_final_code_model_is_trained_and_evaluated(tmp_path, parrot_model_dir):
     results = json.loads((tmp_path / "run" / humaneval.results).read_text())
     assert results["tasks"] == 2 and results["model"]["id"] == str(merged)
     assert results["prompt"]["mode"] == "chat" and results["prompt"]["chosen"] == "explicitly"
+    # trained on the plain transcript, prompted with it, though its tokenizer has a chat template
+    assert results["prompt"]["rendered_with"] == PLAIN_TEMPLATE_ID
     assert first.code_model.checkpoints == 0
     assert (tmp_path / "run" / humaneval.results).parent == tmp_path / "run" / "eval" / "humaneval"
 

@@ -278,7 +278,7 @@ class TeacherConfig(_Section):
     )
     window_min_lines: int = Field(default=3, ge=1, description="derive: shortest seed window.")
     window_max_lines: int = Field(default=8, ge=1, description="derive: longest seed window.")
-    limit: int | None = Field(default=None, ge=1, description="Keep at most this many samples.")
+    limit: int | None = Field(default=None, ge=1, description="At most this many samples (seeds).")
     license: str | None = Field(default=None, description="Recorded with every sample.")
 
 
@@ -522,9 +522,8 @@ class FinalConfig(_Section):
         default=True, description="Verify + judge the final samples; keep the best per seed."
     )
     require_pass: bool | None = Field(default=None, description="None = score.require_pass.")
-    license: str | None = Field(
-        default=None, description="Dataset license for the data card (else: unknown)."
-    )
+    n: int | None = Field(default=None, ge=1, description="Samples per seed; None = synthesis.n.")
+    license: str | None = Field(default=None, description="Dataset license for the data card.")
 
 
 class CodeModelConfig(_Section):

@@ -30,17 +30,17 @@ def final_dataset(
     slice_ = seed_slice(
         run, pool, "final/seeds", "final", loop.rounds * loop.seeds_per_round, final.samples
     )
+    # the final stage's own samples per seed and execution gate, where it sets them
+    synthesis = config.synthesis.model_copy(update={"n": final.n or config.synthesis.n})
+    gate = config.score.require_pass if final.require_pass is None else final.require_pass
+    score = config.score.model_copy(update={"require_pass": gate})
+    own = config.model_copy(update={"synthesis": synthesis, "score": score})
     sampled = sample(
-        run, "final", "final", slice_, synthesizer, rounds_run + 1, "last", lambda c: c[-1:]
+        run, "final", "final", slice_, synthesizer, rounds_run + 1, "last", lambda c: c[-1:], own
     )
     kept = sampled.pool
     if final.score:
-        gated = config
-        if final.require_pass is not None and final.require_pass != config.score.require_pass:
-            # the final dataset's own execution gate
-            score = config.score.model_copy(update={"require_pass": final.require_pass})
-            gated = config.model_copy(update={"score": score})
-        kept = best_per_seed(run, "final/score", "final", sampled.pool, True, 0, gated)
+        kept = best_per_seed(run, "final/score", "final", sampled.pool, True, 0, own)
     upstream = list(run.ledger.declared)
 
     def make(discard: bool) -> Dataset:

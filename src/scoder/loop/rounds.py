@@ -51,10 +51,12 @@ def sample(
     round_number: int,
     which: str,
     pick: Callable[[list[str]], list[str]],
+    config: Config | None = None,
 ) -> Sampled:
     """N samples per seed from the synthesizer's checkpoints `pick` chooses (`which` says it),
-    then decontaminated (one pair of steps serves the rounds and the final stage)."""
-    config = run.config
+    then decontaminated (one pair of steps serves the rounds and the final stage). `config`, when
+    given, is the run's with a stage's own settings (the final stage's N)."""
+    config = config or run.config
 
     def generate(discard: bool) -> Candidates:
         checkpoints = pick(synthesizer.result.checkpoints) if synthesizer else []
