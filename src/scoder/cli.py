@@ -144,13 +144,18 @@ def friendly_errors(fn: F) -> F:
 
 
 def _config(
-    config: Path | None, sets: list[str] | None, out: Path | None, extra: list[str] = ()
+    config: Path | None,
+    sets: list[str] | None,
+    out: Path | None,
+    extra: list[str] = (),
+    log: bool = True,
 ) -> Config:
     overrides = [*(sets or []), *extra]
     if out is not None:
         overrides.append(f"run_dir={out}")
     cfg = load_config(config, overrides)
-    progress.log_to(Path(cfg.run_dir) / "log.txt")
+    if log:
+        progress.log_to(Path(cfg.run_dir) / "log.txt")
     return cfg
 
 
@@ -544,7 +549,7 @@ def run_(
     """The whole method: D_p -> enhance -> T rounds -> final dataset (-> code model -> eval).
     Re-running the same command resumes where it stopped; after a config change it re-runs only
     the steps the change reaches (see --dry-run)."""
-    cfg = _config(config, set_, out)
+    cfg = _config(config, set_, out, log=not dry_run)  # a dry run writes nothing
     if dry_run:
         display.print_plan(cfg)
         return

@@ -70,11 +70,11 @@ def decision_printer(total: int) -> Callable[[Decision], None]:
 
 def print_plan(cfg: Config) -> None:
     decisions = plan_loop(cfg)
-    table = Table(title=f"scoder run --dry-run: {cfg.run_dir}")
+    table = Table(title=escape(f"scoder run --dry-run: {cfg.run_dir}"))
     for column in ("step", "action", "why"):
         table.add_column(column, overflow="fold")
     for d in decisions:
-        table.add_row(d.step, f"[{ACTION_STYLE[d.action]}]{d.action}[/]", d.why)
+        table.add_row(escape(d.step), f"[{ACTION_STYLE[d.action]}]{d.action}[/]", escape(d.why))
     console.print(table)
     if any(d.action != "reuse" for d in decisions) and cfg.loop.stop_metric != "none":
         console.print(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
 from scoder.models import GenerationBackend, load_backend
 from scoder.records import DpSample, Seed
-from scoder.store import RunDir, file_digest, fingerprint, read_jsonl, write_jsonl
+from scoder.store import RunDir, file_digest, fingerprint, read_jsonl
 from scoder.synthesize import synthesize
 
 STAGE = "teacher"
@@ -196,14 +195,10 @@ def run_teacher(
                 repeated.append(REASONS.drop(sample, "duplicate", detail, related=sample.id))
             else:
                 first[sample.id] = sample
-        kept = Partition(list(first.values()), repeated)
+        # dropped: repeated rows, and the generate route's unusable answers (dropped by
+        # synthesis' parser, kept with their raw output)
+        kept: Partition[Any] = Partition(list(first.values()), [*repeated, *unparsed])
         counts = kept.write(out)
-        if unparsed:  # the generate route's unusable answers, kept with their raw output
-            write_jsonl(out / "dropped.jsonl", unparsed)
-            counts["dropped"] = len(unparsed)
-            counts["dropped_by_reason"] = dict(
-                Counter(c.drop.reason for c in unparsed if c.drop is not None)
-            )
         record.counts = {
             "route": cfg.route,
             "samples": len(kept.kept),
