@@ -365,9 +365,7 @@ def test_a_downstream_change_reruns_only_the_final_steps_of_a_moved_run(
     assert sorted(r["sample_index"] for r in sampled) == [0, 0, 0, 1, 1, 1]
 
 
-def test_the_dry_run_command_prints_the_plan_as_given_and_writes_nothing(
-    tmp_path, uninterrupted
-):
+def test_the_dry_run_command_prints_the_plan_as_given_and_writes_nothing(tmp_path, uninterrupted):
     """`scoder run --dry-run` after a change: each step's action and why, bracketed values
     printed as they are (never read as markup), and not a byte written to the run directory."""
     config = variant(uninterrupted, uninterrupted, tmp_path, final__license="[/x]")
