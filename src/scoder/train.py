@@ -25,6 +25,8 @@ from scoder.templates import PLAIN_TEMPLATE_ID, SYNTHESIS_TEMPLATES, render_plai
 
 STAGE = "train"
 VERSION = "train/1"  # bump when the same inputs would train another model
+# Why training leaves an example out (counted in the manifest's `dropped_by_reason`).
+TrainDrop = Literal["response_fully_truncated"]
 Task = Literal["synthesizer", "code"]
 
 
@@ -98,7 +100,7 @@ def drop_untrainable(
     examples: list[dict[str, Any]], tokenizer: Any, max_length: int
 ) -> tuple[list[dict], Counter]:
     """Examples whose prompt alone fills max_length would train on nothing: drop them, counted."""
-    kept, dropped = [], Counter()
+    kept, dropped = [], Counter[TrainDrop]()
     for ex in examples:
         if len(tokenize_example(ex, tokenizer).prompt_ids) >= max_length:
             dropped["response_fully_truncated"] += 1
