@@ -94,18 +94,17 @@ def recipe(run: Run) -> LoopResult | None:
     synthesizer = enhance(run, dp) if dp else None  # None: the base model writes the dataset
     summaries: list[Step[RoundSummary]] = []
     stopped = None
-    rounds_run = 0
     for r in range(1, loop.rounds + 1):
         assert synthesizer is not None  # rounds need enhance (checked with the config)
         this = one_round(run, r, pool, dp, synthesizer)
-        synthesizer, rounds_run = this.synthesizer, r
+        synthesizer = this.synthesizer
         summaries.append(this.summary)
         if r < loop.rounds:
             stop = ledger.known(stopping_rule(run, r, summaries))
             if stop is not None and stop.reason:
                 stopped = {"after_round": r, "reason": stop.reason}
                 break
-    dataset = final_dataset(run, pool, synthesizer, rounds_run)
+    dataset = final_dataset(run, pool, synthesizer, summaries)
     tuned = code_model(run, dataset) if dataset and config.code_model.enabled else None
     evals = {}
     if tuned is not None:

@@ -11,7 +11,14 @@ from scoder.eval import EVALUATOR_VERSION, benchmark_file, run_eval
 from scoder.ledger import Step
 from scoder.loop.context import Run, model_reads
 from scoder.loop.inputs import seed_slice
-from scoder.loop.results import CodeModel, Dataset, EvalScore, SeedPool, Synthesizer
+from scoder.loop.results import (
+    CodeModel,
+    Dataset,
+    EvalScore,
+    RoundSummary,
+    SeedPool,
+    Synthesizer,
+)
 from scoder.loop.rounds import best_per_seed, sample
 from scoder.models import resolve_model
 from scoder.records import Candidate
@@ -19,11 +26,16 @@ from scoder.store import RunDir, file_digest, read_jsonl
 
 
 def final_dataset(
-    run: Run, pool: Step[SeedPool], synthesizer: Step[Synthesizer] | None, rounds_run: int
+    run: Run,
+    pool: Step[SeedPool],
+    synthesizer: Step[Synthesizer] | None,
+    summaries: list[Step[RoundSummary]],
 ) -> Step[Dataset] | None:
     """The last synthesizer (its last checkpoint) writes K samples on fresh seeds; they are
-    decontaminated, verified and judged (best per seed) and exported with a data card."""
+    decontaminated, verified and judged (best per seed) and exported with a data card that
+    tells the rounds (`summaries`) apart."""
     config = run.config
+    rounds_run = len(summaries)
     loop, final = config.loop, config.final
     if final.samples == 0:
         return None
@@ -52,7 +64,7 @@ def final_dataset(
             if not s.name.endswith(("/summary", "/stop"))
         }
         ref = resolve_model(config.model.name, revision=config.model.revision)
-        rounds = [s.result.model_dump(mode="json") for s in upstream if s.name.endswith("/summary")]
+        rounds = [s.result.model_dump(mode="json") for s in summaries]
         card = data_card(config, ref, writer[0] if writer else None, rows, counts, rounds)
         write_dataset(run.path / "final", rows, card)
         return Dataset(samples=len(rows), dataset="final/dataset.jsonl")
