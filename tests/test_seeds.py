@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections import Counter
 
@@ -93,6 +94,39 @@ def test_directory_source_keeps_definitions_and_records_every_drop(source_dir):
         ("pkg/good.py", "duplicate"),  # area() was first seen in pkg/dup.py (sorted order)
     }
     assert all(s.drop.stage == "seeds" and s.drop.detail for s in dropped)
+
+
+def test_links_leaving_the_source_fifos_and_dangling_links_are_dropped_never_read(tmp_path):
+    """A seed directory is read only inside itself: a link to a Python file elsewhere (a settings
+    module with credentials, say) is dropped as outside_source, unread; a FIFO (reading it would
+    block) as not_a_file; a dangling link as unreadable. A link within the tree is followed."""
+    body = "def secret(x):\n    y = x * 2\n    return y + 1\n"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "settings.py").write_text(body.replace("secret", "settings_key"))
+    root = tmp_path / "seeds"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "real.py").write_text(body)
+    (root / "escape.py").symlink_to(outside / "settings.py")
+    (root / "passwd.py").symlink_to("/etc/passwd")
+    (root / "inside.py").symlink_to(root / "pkg" / "real.py")
+    (root / "dangling.py").symlink_to(root / "gone.py")
+    os.mkfifo(root / "pipe.py")
+    kept, dropped = mine(root)
+    assert [s.source.location for s in kept] == ["inside.py"]  # pkg/real.py: the same code
+    reasons = {s.source.location: s.drop.reason for s in dropped}
+    assert reasons == {
+        "escape.py": "outside_source",
+        "passwd.py": "outside_source",
+        "dangling.py": "unreadable",
+        "pipe.py": "not_a_file",
+        "pkg/real.py": "duplicate",
+    }
+    assert all(
+        "settings_key" not in s.text and not s.text
+        for s in dropped
+        if s.source.location != "pkg/real.py"
+    )
 
 
 def test_seed_keeps_its_source_span(source_dir):

@@ -14,6 +14,7 @@ import ast
 import fnmatch
 import hashlib
 import platform
+import stat
 import subprocess
 import sysconfig
 import warnings
@@ -43,6 +44,9 @@ SeedDrop = Literal[
     "too_short",
     "too_long",
     "not_pure",
+    "outside_source",
+    "not_a_file",
+    "unreadable",
 ]
 REASONS = DropReasons(STAGE, SeedDrop)
 # Parts of the standard library that are tests, demos or vendored code rather than library code.
@@ -73,6 +77,7 @@ class _Unit:
     source: SeedSource
     data: bytes | str | None
     size: int
+    refused: tuple[SeedDrop, str] | None = None  # not read at all: the reason and its detail
 
 
 def mine_seeds(
@@ -160,10 +165,11 @@ def _dir_files(root: Path, cfg: SeedsConfig) -> list[Path]:
             files = None
     if files is None:
         files = [p for p in root.rglob("*.py") if ".git" not in p.relative_to(root).parts]
+    # not only regular files: a link, FIFO or device among them is refused with its reason
     return [
         f
         for f in files
-        if f.is_file()
+        if not f.is_dir()
         and not any(fnmatch.fnmatch(str(f.relative_to(root)), pat) for pat in cfg.exclude)
     ]
 
@@ -174,12 +180,29 @@ def _file_units(
     rels = sorted(str(f.relative_to(root)) for f in files)
     if ordered:
         rels.sort(key=lambda rel: _shuffle_key(random_seed, rel))
+    inside = root.resolve()
     for rel in rels:
-        path = root / rel
-        source = SeedSource(kind=kind, location=rel)
-        size = path.stat().st_size
-        data = path.read_bytes() if size <= cfg.max_file_bytes else None
-        yield _Unit(source, data, size)
+        yield _file_unit(inside, root / rel, SeedSource(kind=kind, location=rel), cfg)
+
+
+def _file_unit(inside: Path, path: Path, source: SeedSource, cfg: SeedsConfig) -> _Unit:
+    """A file's bytes, or why it is not read: never a file outside the source tree (a link to
+    /etc/passwd, or to a settings module elsewhere, would send its text to the synthesizer) and
+    never a FIFO or a device (reading one can block forever)."""
+    real = path.resolve()
+    if not real.is_relative_to(inside):
+        return _Unit(source, None, 0, ("outside_source", f"a link to {real}, outside {inside}"))
+    try:
+        info = real.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return _Unit(source, None, 0, ("not_a_file", "not a regular file (FIFO, device...)"))
+        if info.st_size > cfg.max_file_bytes:
+            return _Unit(source, None, info.st_size)
+        with real.open("rb") as f:
+            data = f.read(cfg.max_file_bytes + 1)  # a file that grew since stat() stays bounded
+    except OSError as exc:
+        return _Unit(source, None, 0, ("unreadable", exc.strerror or type(exc).__name__))
+    return _Unit(source, data if len(data) <= cfg.max_file_bytes else None, len(data))
 
 
 def _read_table(path: Path, cfg: SeedsConfig) -> Iterator[Any]:
@@ -249,6 +272,9 @@ def _seeds_of_unit(unit: _Unit, cfg: SeedsConfig) -> Iterator[Seed]:
         seed = Seed(id=_seed_id(source, text), text=text, source=source)
         return REASONS.drop(seed, reason, detail)
 
+    if unit.refused:
+        yield drop(*unit.refused)
+        return
     if unit.data is None:
         if unit.size == 0:
             yield drop("empty", "no text")
