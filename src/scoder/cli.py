@@ -293,7 +293,7 @@ def select(
         )
     if shard_of:
         display.print_stage_summary(run, f"select-shard-{shard_of[0]}-of-{shard_of[1]}")
-        console.print(f"features saved under {run.path / 'features'}", soft_wrap=True)
+        console.print(f"features saved under {run.path / 'features'}", soft_wrap=True, markup=False)
         return
     display.print_stage_summary(run, "select")
     display.print_files(
@@ -359,6 +359,7 @@ def train(
             f"  {ckpt['path']}  (step {ckpt['step']}, mean lr {ckpt['mean_lr']:.3g})",
             soft_wrap=True,
             highlight=False,
+            markup=False,
         )
 
 
@@ -388,7 +389,10 @@ def teacher(
         run, _ = run_teacher(cfg, seeds_file, force=force)
     display.print_stage_summary(run, "teacher")
     console.print(
-        f"D_p: {run.stage_dir('teacher') / 'kept.jsonl'}", soft_wrap=True, highlight=False
+        f"D_p: {run.stage_dir('teacher') / 'kept.jsonl'}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
     )
 
 
@@ -520,7 +524,8 @@ def serve(
     backend = TransformersBackend(ref, device=cfg.device)
     name = served_model_name or ref.id
     err_console.print(
-        f"serving {name} (+ adapters: {', '.join(adapters) or 'none'}) on http://{host}:{port}/v1"
+        f"serving {name} (+ adapters: {', '.join(adapters) or 'none'}) on http://{host}:{port}/v1",
+        markup=False,
     )
     run_server(backend, name, adapters, host, port)
 
@@ -573,7 +578,10 @@ def _run_loop(
     final = result.final
     where = Path(cfg.run_dir) / final.dataset if final.dataset else "-"
     console.print(
-        f"final dataset: {final.samples} samples in {where}", highlight=False, soft_wrap=True
+        f"final dataset: {final.samples} samples in {where}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     facts = run_facts(Path(cfg.run_dir))  # read once: for the outcome and for the report
     if outcome:
@@ -581,7 +589,9 @@ def _run_loop(
     report_path = write_report(Path(cfg.run_dir), facts=facts)
     console.print(f"report: {report_path}", highlight=False, soft_wrap=True, markup=False)
     if push_to:
-        console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
+        console.print(
+            f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False, markup=False
+        )
 
 
 @app.command()

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from scoder.config import Config
 from scoder.ledger import Decision
@@ -45,7 +46,7 @@ def print_eval_table(runs: list) -> None:
         )
     console.print(table)
     for r in runs:
-        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False)
+        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False, markup=False)
 
 
 ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "re-run": "magenta"}
@@ -105,7 +106,7 @@ def _fmt(value: Any) -> str:
 
 def print_files(directory: Path, *names: str) -> None:
     for name in names:
-        console.print(f"  {directory / name}", soft_wrap=True, highlight=False)
+        console.print(f"  {directory / name}", soft_wrap=True, highlight=False, markup=False)
 
 
 def print_stage_summary(run: RunDir, stage: str) -> None:
@@ -117,7 +118,7 @@ def print_stage_summary(run: RunDir, stage: str) -> None:
                 ", ".join(f"{k}: {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
                 or "-"
             )
-        table.add_row(key, str(value))
+        table.add_row(escape(key), escape(str(value)))
     throughput = entry.get("throughput")
     if throughput and throughput.get("generated_tokens"):
         table.add_row(
@@ -174,9 +175,9 @@ def print_examples(accepted: list, limit: int = 2) -> None:
     for cand in accepted[:limit]:
         body = Syntax(cand.solution, "python", theme="ansi_dark", word_wrap=True)
         console.print(
-            Panel(
-                cand.problem,
-                title=f"problem  ({cand.seed_source.location}:{cand.seed_source.name})",
+            Panel(  # model output and file names are text, never markup
+                Text(cand.problem or ""),
+                title=Text(f"problem  ({cand.seed_source.location}:{cand.seed_source.name})"),
             )
         )
         console.print(Panel(body, title="solution"))
