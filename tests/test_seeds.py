@@ -201,6 +201,38 @@ def test_missing_column_is_a_clear_error(tmp_path):
         mine_seeds(SeedsConfig(source=str(path)), random_seed=0)
 
 
+def test_a_row_without_the_column_is_dropped_saying_so(tmp_path):
+    """Some rows lack the column: those are dropped as missing_column (not silently as empty),
+    the rest are mined."""
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"content": GOOD},
+        {"text": "def f(): pass"},
+        ["not", "an", "object"],
+        {"content": None},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mined = mine_seeds(SeedsConfig(source=str(path), max_seeds=None), random_seed=0)
+    assert mined.kept
+    by_row = {s.source.row: (s.drop.reason, s.drop.detail) for s in mined.dropped}
+    assert by_row[1] == ("missing_column", "record 2 has no 'content'")
+    assert by_row[2][0] == "missing_column" and by_row[3][0] == "empty"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"content": "def f(): pass"}\n{"content": "x\xff"}\n', r"rows.jsonl:2: not UTF-8"),
+        (b'{"content": "def f(): pass"}\n\n{"content": \n', r"rows.jsonl:3: not a valid record"),
+    ],
+)
+def test_a_broken_jsonl_line_is_named_by_its_line_number(tmp_path, content, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(SeedSourceError, match=message):
+        mine_seeds(SeedsConfig(source=str(path)), random_seed=0)
+
+
 @pytest.mark.parametrize("source", ["/no/such/dir", "notes.txt"])
 def test_unusable_sources_are_clear_errors(tmp_path, source):
     (tmp_path / "notes.txt").write_text("hi")

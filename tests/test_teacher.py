@@ -97,6 +97,24 @@ def test_import_maps_fields_and_names_the_missing_one(tmp_path):
         run_teacher(load_config(None, [*sets[:2], f"teacher.source={bad}", sets[3]]), force=True)
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", b"", r"empty.jsonl holds no rows"),
+        ("empty.parquet", b"", r"empty.parquet holds no rows"),
+        ("blank.jsonl", b"\n\n", r"blank.jsonl holds no rows"),
+        ("cut.jsonl", b'{"seed": "x"}\n{"seed": \n', r"cut.jsonl:2: not a valid record"),
+        ("list.jsonl", b'{"seed": "x"}\n[1, 2]\n', r"list.jsonl: row 2 is not an object"),
+    ],
+)
+def test_an_empty_or_broken_teacher_file_is_one_clear_message(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    sets = [f"run_dir={tmp_path / 'run'}", "teacher.route=import", f"teacher.source={path}"]
+    with pytest.raises(ScoderError, match=message):
+        run_teacher(load_config(None, sets))
+
+
 def test_shipped_demo_dp_is_complete_and_attributed():
     text = (resources.files("scoder") / "data" / "dp_mbpp_train.jsonl").read_text()
     samples = [DpSample.model_validate_json(line) for line in text.splitlines()]

@@ -29,7 +29,7 @@ from scoder.errors import ScoderError
 from scoder.filters import DropReasons, Partition
 from scoder.purity import impurity
 from scoder.records import Seed, SeedSource
-from scoder.store import RunDir, fingerprint
+from scoder.store import RunDir, StoreError, fingerprint, read_jsonl
 
 STAGE = "seeds"
 VERSION = "seeds/1"  # bump when the same config would mine other seeds
@@ -47,6 +47,7 @@ SeedDrop = Literal[
     "outside_source",
     "not_a_file",
     "unreadable",
+    "missing_column",
 ]
 REASONS = DropReasons(STAGE, SeedDrop)
 # Parts of the standard library that are tests, demos or vendored code rather than library code.
@@ -205,9 +206,26 @@ def _file_unit(inside: Path, path: Path, source: SeedSource, cfg: SeedsConfig) -
     return _Unit(source, data if len(data) <= cfg.max_file_bytes else None, len(data))
 
 
+# A row of a JSONL seed file without the configured column (told apart from an empty value).
+MISSING = object()
+
+
 def _read_table(path: Path, cfg: SeedsConfig) -> Iterator[Any]:
     import datasets
 
+    if path.suffix == ".jsonl":  # read here: a bad line is named by its line number
+        try:
+            rows = read_jsonl(path)
+        except StoreError as exc:
+            raise SeedSourceError(f"cannot read seed file: {exc}") from None
+        values = [r.get(cfg.column, MISSING) if isinstance(r, dict) else MISSING for r in rows]
+        if rows and all(v is MISSING for v in values):
+            keys = sorted({k for r in rows if isinstance(r, dict) for k in r})
+            raise SeedSourceError(
+                f"seed file {path} has no column {cfg.column!r} (columns: {', '.join(keys)}); "
+                "set seeds.column"
+            )
+        return iter(values)
     builder = "parquet" if path.suffix == ".parquet" else "json"
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -258,6 +276,11 @@ def _row_units(
         indexed = enumerate(rows)
     for i, value in indexed:
         source = SeedSource(kind=kind, location=location, row=i)
+        if value is MISSING:
+            yield _Unit(
+                source, None, 0, ("missing_column", f"record {i + 1} has no {cfg.column!r}")
+            )
+            continue
         if value is not None and not isinstance(value, (str, bytes)):
             value = str(value)
         size = len(

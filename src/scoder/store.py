@@ -154,13 +154,18 @@ def read_jsonl(path: str | Path, model: type[T] | None = None) -> list[Any]:
     if not path.is_file():
         raise StoreError(f"file not found: {path}")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as fh:  # lines split on \n alone, each decoded: errors name their line
+        for number, raw in enumerate(fh, 1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 obj = json.loads(line)
                 out.append(model.model_validate(obj) if model else obj)
+            except UnicodeDecodeError as exc:
+                raise StoreError(
+                    f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)"
+                ) from None
             except (json.JSONDecodeError, ValidationError) as exc:
                 first = str(exc).splitlines()[0]
                 raise StoreError(f"{path}:{number}: not a valid record ({first})") from None

@@ -41,14 +41,24 @@ def _rows(source: str, split: str) -> tuple[list[dict[str, Any]], str]:
             path = builtin_path(source) or Path(source).expanduser()
             if not path.is_file():
                 raise ScoderError(f"teacher.source not found: {source}")
-            builder = "parquet" if path.suffix == ".parquet" else "json"
-            table = datasets.load_dataset(builder, data_files=str(path), split="train")
+            if path.stat().st_size == 0:
+                raise ScoderError(f"teacher.source {source} holds no rows (an empty file)")
+            if path.suffix == ".jsonl":  # read here: a bad line is named by its number
+                table = read_jsonl(path)
+                bad = next((i for i, r in enumerate(table) if not isinstance(r, dict)), None)
+                if bad is not None:
+                    raise ScoderError(f"teacher.source {source}: row {bad + 1} is not an object")
+            else:
+                builder = "parquet" if path.suffix == ".parquet" else "json"
+                table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except ScoderError:
         raise
     except Exception as exc:  # datasets raises many types for a bad file
         raise ScoderError(
             f"cannot read teacher.source {source}: {type(exc).__name__}: {exc}"
         ) from None
+    if not len(table):
+        raise ScoderError(f"teacher.source {source} holds no rows")
     return [dict(r) for r in table], source
 
 
