@@ -124,3 +124,24 @@ def test_run_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path):
         json.dumps({"pid": int(dead.stdout), "command": "scoder run", "since": "earlier"})
     )
     assert other_process().strip() == "got it"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_honour_the_umask(tmp_path, umask):
+    """Every file scoder writes (JSON, JSONL, the dataset's parquet file and data card) gets the
+    mode the umask gives a new file, not mkstemp's 0600 (colleagues could not read a run)."""
+    from conftest import make_candidate
+
+    from scoder.dataset import write_dataset
+
+    old = os.umask(umask)
+    try:
+        write_jsonl(tmp_path / "a.jsonl", [{"x": 1}])
+        atomic_write_text(tmp_path / "b.json", "{}")
+        write_dataset(tmp_path / "final", [make_candidate(problem="p", solution="s")], "card")
+    finally:
+        os.umask(old)
+    written = [tmp_path / "a.jsonl", tmp_path / "b.json"]
+    written += [tmp_path / "final" / n for n in ("dataset.jsonl", "dataset.parquet", "README.md")]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
+    assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary file left behind

@@ -10,7 +10,7 @@ from scoder.config import Config
 from scoder.errors import ScoderError
 from scoder.models import ModelRef
 from scoder.records import Candidate
-from scoder.store import write_jsonl
+from scoder.store import atomic_path, atomic_write_text, write_jsonl
 
 DATASET_FILES = ("dataset.jsonl", "dataset.parquet", "README.md")
 
@@ -52,8 +52,9 @@ def write_dataset(
     rows = [dataset_row(c) for c in kept]
     write_jsonl(where / "dataset.jsonl", rows)
     if rows:
-        Dataset.from_list(rows).to_parquet(str(where / "dataset.parquet"))
-    (where / "README.md").write_text(card)
+        with atomic_path(where / "dataset.parquet") as tmp:
+            Dataset.from_list(rows).to_parquet(str(tmp))
+    atomic_write_text(where / "README.md", card)
     return rows
 
 

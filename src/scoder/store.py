@@ -101,20 +101,37 @@ def _lock_holder(fd: int) -> str:
         return "another process"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer (ours or a library's) to fill; on success it
+    replaces `path` at once, with the mode the umask gives a new file (mkstemp's is 0600), so a
+    reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -143,9 +160,13 @@ def _as_dict(record: BaseModel | dict) -> dict:
 
 
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
-    lines = [json.dumps(_as_dict(r), ensure_ascii=False) for r in records]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+    """Records as JSON lines, written one at a time (never the whole file in memory), atomically."""
+    count = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(_as_dict(record), ensure_ascii=False) + "\n")
+            count += 1
+    return count
 
 
 def read_jsonl(path: str | Path, model: type[T] | None = None) -> list[Any]:
