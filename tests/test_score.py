@@ -66,7 +66,6 @@ def candidate(
             tests_total=2,
             tests_passed=int(2 * pass_rate),
             pass_rate=pass_rate,
-            wall_s=0.1,
             isolation="bwrap",
             vacuous=vacuous,
         ),
@@ -281,3 +280,11 @@ def test_run_score_executes_and_records_everything(tmp_path, tiny_model_dir):
         "summary.json",
     ):
         assert (run.stage_dir("score") / name).is_file()
+
+
+def test_execution_records_carry_no_timing():
+    """An older run's record with its wall time still loads; none is written (the same
+    selection is the same bytes on every run; the manifest keeps the stage's time)."""
+    old = {"status": "passed", "tests_total": 1, "tests_passed": 1, "pass_rate": 1.0}
+    record = Execution.model_validate({**old, "wall_s": 0.25, "isolation": "bwrap"})
+    assert "wall_s" not in record.model_dump(mode="json")

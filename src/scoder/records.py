@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scoder.errors import ScoderError
 from scoder.store import read_jsonl
@@ -57,7 +57,9 @@ class Execution(_Record):
     tests_total: int
     tests_passed: int
     pass_rate: float
-    wall_s: float
+    # Read from older runs, never written: a timing would make the same selection differ in
+    # bytes between runs (the stage's manifest has the execution time).
+    wall_s: float | None = Field(default=None, exclude=True)
     isolation: str
     detail: str = ""
     stderr: str = ""

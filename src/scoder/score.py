@@ -121,7 +121,6 @@ def verify(candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[Execution]
             tests_total=r.tests_total,
             tests_passed=r.tests_passed,
             pass_rate=r.pass_rate,
-            wall_s=round(r.wall_s, 4),
             isolation=r.isolation,
             detail=r.detail,
             stderr=r.stderr[-2000:],
