@@ -288,3 +288,33 @@ def test_execution_records_carry_no_timing():
     old = {"status": "passed", "tests_total": 1, "tests_passed": 1, "pass_rate": 1.0}
     record = Execution.model_validate({**old, "wall_s": 0.25, "isolation": "bwrap"})
     assert "wall_s" not in record.model_dump(mode="json")
+
+
+def test_concordance_equals_counting_every_pair_without_listing_them():
+    """The rank agreement weight fitting reports, computed in O(n log n), equals the count over
+    all pairs (ties in labels, in predictions, and both); 100K candidates take no n x n matrix."""
+    from scoder.score import _concordance
+
+    def by_pairs(pred, label):
+        agree = ties = total = 0
+        for i in range(len(pred)):
+            for j in range(i + 1, len(pred)):
+                if label[i] == label[j]:
+                    continue
+                total += 1
+                d = (pred[i] - pred[j]) * (label[i] - label[j])
+                agree += d > 0
+                ties += pred[i] == pred[j]
+        return (agree + 0.5 * ties) / total
+
+    rng = np.random.default_rng(0)
+    for n, levels in [(2, 2), (7, 3), (40, 4), (120, 10), (90, 2)]:
+        label = rng.integers(0, levels, n).astype(float)
+        pred = rng.integers(0, 5, n) + (label * rng.random(n) > 1.0)
+        if len(set(label)) > 1:
+            assert _concordance(pred, label) == pytest.approx(by_pairs(pred, label), abs=1e-9)
+    assert _concordance(np.zeros(5), np.arange(5.0)) == 0.5
+    assert np.isnan(_concordance(np.arange(5.0), np.ones(5)))
+    big = rng.random(100_000)
+    assert _concordance(big, big) == pytest.approx(1.0)
+    assert _concordance(-big, big) == pytest.approx(0.0)
