@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -352,7 +352,11 @@ class RunDir:
         except BaseException as exc:
             entry["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             entry["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-            self._finish(name, entry, record, started)
+            # The full disk (or read-only directory) that stopped the stage may refuse the record
+            # too: the error to report is the stage's own, and a manifest left at "running" is
+            # resumed like an interrupted one.
+            with suppress(OSError):
+                self._finish(name, entry, record, started)
             raise
         entry["status"] = "done"
         self._finish(name, entry, record, started)
