@@ -95,6 +95,26 @@ def test_failed_stage_is_recorded(tmp_path):
     assert entry["status"] == "failed" and "boom" in entry["error"]
 
 
+def test_a_stage_stopped_by_a_full_disk_reports_its_own_error(tmp_path, monkeypatch):
+    """The disk that stopped the stage refuses the manifest's update too: the error raised (and
+    shown to the user) is the stage's, naming its file, not the manifest write after it."""
+    import errno
+
+    from scoder import store
+
+    run = RunDir(tmp_path / "run")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "manifest.json")
+
+    with pytest.raises(OSError) as raised, run.stage("x", config=load_config(), fingerprint="f"):
+        monkeypatch.setattr(store, "write_json", full)
+        raise OSError(errno.ENOSPC, "No space left on device", "kept.jsonl")
+    assert raised.value.filename == "kept.jsonl"
+    monkeypatch.undo()
+    assert run.load_manifest()["stages"]["x"]["status"] == "running"  # resumed as interrupted
+
+
 def test_run_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path):
     """Held here, the lock refuses another process at once, naming this one; a lock file left by
     a process that died (its pid written, its flock gone with it) is simply taken over."""
