@@ -92,6 +92,46 @@ def test_same_config_reproduces_the_same_adapter(tmp_path, tiny_model_dir, dp_fi
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 
 
+@pytest.mark.parametrize("every", [2])  # per epoch: test_loop's kill during round-1 training
+def test_a_training_cut_short_resumes_from_its_last_step_to_the_same_checkpoints(
+    tmp_path, tiny_model_dir, dp_file, monkeypatch, every
+):
+    """Training stops at step 4 of 6 (a crash inside the trainer; a SIGKILL leaves the same files
+    behind); the same call again resumes from the trainer's checkpoint at step 3 (per epoch) or
+    2 (every 2 steps), not from the start, and every checkpoint (adapter, named Adam state, mean
+    lr) equals an uninterrupted training's, to the bit. Only scoder's checkpoints are left."""
+    from transformers import TrainerCallback
+
+    from scoder import train
+
+    extra = [f"train.save_every_steps={every}"] if every else []
+    whole = run_train(load_config(None, settings(tmp_path, tiny_model_dir, "a", *extra)), dp_file)[
+        1
+    ]
+    cfg = load_config(None, settings(tmp_path, tiny_model_dir, "b", *extra))
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise RuntimeError("cut short")
+
+    monkeypatch.setattr(train, "_progress_callback", lambda p: Crash())
+    with pytest.raises(RuntimeError, match="cut short"):
+        run_train(cfg, dp_file)
+    monkeypatch.undo()
+    run, resumed = run_train(cfg, dp_file)
+    stage = run.load_manifest()["stages"]["train"]
+    # the crash came before the trainer saved step 4: scoder's step-4 checkpoint is made again
+    assert stage["resumed_at_step"] == (2 if every else 3) and stage["counts"]["steps"] == 6
+    assert [c["step"] for c in resumed["checkpoints"]] == [c["step"] for c in whole["checkpoints"]]
+    for a, b in zip(whole["checkpoints"], resumed["checkpoints"]):
+        assert a["mean_lr"] == b["mean_lr"] and Path(a["path"]).name == Path(b["path"]).name
+        for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+            wa, wb = load_file(f"{a['path']}/{name}"), load_file(f"{b['path']}/{name}")
+            assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    assert not list((run.path / "train" / "trainer").glob("checkpoint-*"))
+
+
 def test_untrainable_examples_are_dropped_or_refused(tmp_path, tiny_model_dir, dp_file):
     with pytest.raises(ScoderError, match="nothing trainable"):
         run_train(

@@ -10,11 +10,13 @@ which is what the influence stage needs.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from scoder.checkpoints import save_checkpoint
+from scoder.checkpoints import CHECKPOINT_INFO, save_checkpoint
 from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
 from scoder.influence import Example
@@ -187,6 +189,20 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
             # are fewer): the last checkpoint is always the trained model
             self._save(kwargs["model"], state, f"step-{state.global_step}")
 
+        def resume_at(self, step: int) -> None:
+            """Continue a training cut short at `step`: the checkpoints up to it are kept (the
+            trainer's checkpoint closes a span, so no learning rate is owed); later ones, made
+            after it, are made again."""
+            for path in sorted(out.glob("*/" + CHECKPOINT_INFO)):
+                info = json.loads(path.read_text())
+                if info["step"] > step:
+                    shutil.rmtree(path.parent)
+                else:
+                    self.saved.append(
+                        {"path": str(path.parent), "mean_lr": info["mean_lr"], "step": info["step"]}
+                    )
+            self.saved.sort(key=lambda c: c["step"])
+
         def _save(self, model, state, name):
             if not self.steps:
                 return
@@ -276,7 +292,12 @@ def build_trainer(
         use_cpu=device.type == "cpu",
         seed=config.random_seed,
         data_seed=config.random_seed,
-        save_strategy="no",  # scoder writes its own checkpoints (named optimizer state)
+        # The trainer's own checkpoints (optimizer, scheduler, RNG, place in the data), at
+        # scoder's cadence, only the last kept: a training cut short resumes from it. scoder
+        # writes its own checkpoints (named Adam state, mean lr) beside them.
+        save_strategy="steps" if cfg.save_every_steps else "epoch",
+        save_steps=cfg.save_every_steps or 500,
+        save_total_limit=1,
         logging_steps=1,
         report_to=[],
         disable_tqdm=True,
@@ -324,6 +345,7 @@ def run_train(
     needs only its final weights, and a full fine-tune's Adam state is twice the model).
     """
     import torch
+    from transformers.trainer_utils import get_last_checkpoint
 
     cfg = train_cfg or config.train
     model_cfg = model or config.model
@@ -391,9 +413,18 @@ def run_train(
             train_cfg=cfg,
         )
         eval_losses = [trainer.evaluate()["eval_loss"]] if eval_examples else []
+        # a cut-short attempt of this same training (same fingerprint) left the trainer's
+        # checkpoint: continue from it
+        resume = get_last_checkpoint(str(out / "trainer")) if (out / "trainer").is_dir() else None
+        if resume:
+            step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+            callback.resume_at(step)
+            record.info["resumed_at_step"] = step
         with track(f"training ({task})", total=None, unit="steps") as progress:
             trainer.add_callback(_progress_callback(progress))
-            result = trainer.train()
+            result = trainer.train(resume_from_checkpoint=resume)
+        for done in (out / "trainer").glob("checkpoint-*"):  # only for resuming
+            shutil.rmtree(done)
         history = trainer.state.log_history
         losses = [entry["loss"] for entry in history if "loss" in entry]
         # train() starts a fresh log history: the evaluation before it is not in there
