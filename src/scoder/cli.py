@@ -88,7 +88,9 @@ ForceOpt = Annotated[
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True
+    )
     return typer.Exit(code)
 
 
@@ -119,7 +121,8 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print(
                 "[yellow]interrupted.[/] Finished chunks are saved; run the same command again "
-                "to resume."
+                "to resume.",
+                markup=True,
             )
             raise typer.Exit(130) from None
         except Exception as exc:
@@ -293,7 +296,7 @@ def select(
         )
     if shard_of:
         display.print_stage_summary(run, f"select-shard-{shard_of[0]}-of-{shard_of[1]}")
-        console.print(f"features saved under {run.path / 'features'}", soft_wrap=True, markup=False)
+        console.print(f"features saved under {run.path / 'features'}", soft_wrap=True)
         return
     display.print_stage_summary(run, "select")
     display.print_files(
@@ -359,7 +362,6 @@ def train(
             f"  {ckpt['path']}  (step {ckpt['step']}, mean lr {ckpt['mean_lr']:.3g})",
             soft_wrap=True,
             highlight=False,
-            markup=False,
         )
 
 
@@ -392,7 +394,6 @@ def teacher(
         f"D_p: {run.stage_dir('teacher') / 'kept.jsonl'}",
         soft_wrap=True,
         highlight=False,
-        markup=False,
     )
 
 
@@ -525,7 +526,6 @@ def serve(
     name = served_model_name or ref.id
     err_console.print(
         f"serving {name} (+ adapters: {', '.join(adapters) or 'none'}) on http://{host}:{port}/v1",
-        markup=False,
     )
     run_server(backend, name, adapters, host, port)
 
@@ -565,7 +565,10 @@ def _run_loop(
     cfg: Config, force: bool, push_to: str | None = None, *, outcome: bool = False
 ) -> None:
     console.print(
-        f"[bold]scoder run[/] -> {escape(str(cfg.run_dir))}", highlight=False, soft_wrap=True
+        f"[bold]scoder run[/] -> {escape(str(cfg.run_dir))}",
+        highlight=False,
+        soft_wrap=True,
+        markup=True,
     )
     try:
         total = len(plan_loop(cfg))  # the steps it will go through, for "[3/15]"
@@ -574,24 +577,21 @@ def _run_loop(
     result = run_loop(cfg, force=force, report=display.decision_printer(total))
     display.print_rounds(result)
     if result.stopped:
-        console.print(f"stopped early: {result.stopped['reason']}", highlight=False, markup=False)
+        console.print(f"stopped early: {result.stopped['reason']}", highlight=False)
     final = result.final
     where = Path(cfg.run_dir) / final.dataset if final.dataset else "-"
     console.print(
         f"final dataset: {final.samples} samples in {where}",
         highlight=False,
         soft_wrap=True,
-        markup=False,
     )
     facts = run_facts(Path(cfg.run_dir))  # read once: for the outcome and for the report
     if outcome:
         display.print_demo_outcome(Path(cfg.run_dir), facts)
     report_path = write_report(Path(cfg.run_dir), facts=facts)
-    console.print(f"report: {report_path}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"report: {report_path}", highlight=False, soft_wrap=True)
     if push_to:
-        console.print(
-            f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False, markup=False
-        )
+        console.print(f"pushed to {push_to_hub(cfg.run_dir, push_to)}", highlight=False)
 
 
 @app.command()
@@ -605,9 +605,7 @@ def report(
     """One self-contained HTML page of a run: funnel and drop reasons, score and influence
     distributions, yield per checkpoint, judge against execution, costs, trends, a sample
     browser (RUN/report.html)."""
-    console.print(
-        f"report: {write_report(run_dir, out)}", highlight=False, soft_wrap=True, markup=False
-    )
+    console.print(f"report: {write_report(run_dir, out)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -628,7 +626,6 @@ def fetch(
     console.print(
         f"{ref.id}: {ref.source}, weights {ref.digest}",
         highlight=False,
-        markup=False,
         soft_wrap=True,
     )
     print(ref.path)
@@ -663,7 +660,6 @@ def demo(
             "\nThe embedded 135M model is a small synthesizer and judge; the default demo model "
             f"writes real data: scoder demo (or --model {DEMO_MODEL})",
             highlight=False,
-            markup=False,
         )
 
 

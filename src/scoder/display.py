@@ -24,8 +24,10 @@ from scoder.loop import LoopResult, plan_loop
 from scoder.report.facts import RunFacts, run_facts
 from scoder.store import RunDir, read_jsonl
 
-console = Console()
-err_console = Console(stderr=True)
+# Nothing printed is read as markup unless its call says so (markup=True): paths, model output,
+# drop reasons and values are text, and a `[/x]` in one can neither crash a print nor vanish.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def print_eval_table(runs: list) -> None:
@@ -46,7 +48,7 @@ def print_eval_table(runs: list) -> None:
         )
     console.print(table)
     for r in runs:
-        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False, markup=False)
+        console.print(f"  {r.results_path}", soft_wrap=True, highlight=False)
 
 
 ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "re-run": "magenta"}
@@ -64,6 +66,7 @@ def decision_printer(total: int) -> Callable[[Decision], None]:
             f"{escape(decision.step)}  [dim]{escape(decision.why)}[/]",
             highlight=False,
             soft_wrap=True,
+            markup=True,
         )
 
     return show
@@ -71,11 +74,11 @@ def decision_printer(total: int) -> Callable[[Decision], None]:
 
 def print_plan(cfg: Config) -> None:
     decisions = plan_loop(cfg)
-    table = Table(title=escape(f"scoder run --dry-run: {cfg.run_dir}"))
+    table = Table(title=f"scoder run --dry-run: {cfg.run_dir}")
     for column in ("step", "action", "why"):
         table.add_column(column, overflow="fold")
     for d in decisions:
-        table.add_row(escape(d.step), f"[{ACTION_STYLE[d.action]}]{d.action}[/]", escape(d.why))
+        table.add_row(d.step, Text(d.action, style=ACTION_STYLE[d.action]), d.why)
     console.print(table)
     if any(d.action != "reuse" for d in decisions) and cfg.loop.stop_metric != "none":
         console.print(
@@ -96,7 +99,6 @@ def print_rounds(result: LoopResult) -> None:
             + (f"; held-out D_p loss: {losses}" if losses else ""),
             highlight=False,
             soft_wrap=True,
-            markup=False,
         )
 
 
@@ -106,7 +108,7 @@ def _fmt(value: Any) -> str:
 
 def print_files(directory: Path, *names: str) -> None:
     for name in names:
-        console.print(f"  {directory / name}", soft_wrap=True, highlight=False, markup=False)
+        console.print(f"  {directory / name}", soft_wrap=True, highlight=False)
 
 
 def print_stage_summary(run: RunDir, stage: str) -> None:
@@ -118,7 +120,7 @@ def print_stage_summary(run: RunDir, stage: str) -> None:
                 ", ".join(f"{k}: {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]))
                 or "-"
             )
-        table.add_row(escape(key), escape(str(value)))
+        table.add_row(key, str(value))
     throughput = entry.get("throughput")
     if throughput and throughput.get("generated_tokens"):
         table.add_row(
@@ -213,9 +215,7 @@ def print_demo_outcome(run_dir: Path, facts: RunFacts | None = None, examples: i
     rows = read_jsonl(dataset)[:examples] if dataset.is_file() else []
     for i, row in enumerate(rows, 1):
         verdict = "passes its tests" if row.get("tests_passed") else "does not pass its tests"
-        console.print(
-            f"\n--- example {i} of the final dataset ({verdict}) ---", highlight=False, markup=False
-        )
+        console.print(f"\n--- example {i} of the final dataset ({verdict}) ---", highlight=False)
         for part in ("problem", "solution", "tests"):
-            console.print(f"# {part}", style="bold", highlight=False, markup=False)
-            console.print(str(row.get(part, "")).strip(), highlight=False, markup=False)
+            console.print(f"# {part}", style="bold", highlight=False)
+            console.print(str(row.get(part, "")).strip(), highlight=False)
