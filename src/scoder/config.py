@@ -7,13 +7,15 @@ same checks.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scoder.config_messages import format_validation_error
+from scoder.config_scale import TRAIN_HOW_NOT_WHAT, DistributedConfig, ExecutorConfig
 from scoder.errors import ScoderError
 from scoder.templates import EVAL_TEMPLATES, JUDGE_TEMPLATES, SYNTHESIS_TEMPLATES
 
@@ -56,14 +58,17 @@ class ModelConfig(_Section):
         default="transformers",
         description="transformers = in process; openai = any OpenAI-compatible server (base_url).",
     )
-    base_url: str | None = Field(
-        default=None, description="openai backend: e.g. http://host:8000/v1"
+    base_url: str | list[str] | None = Field(
+        default=None,
+        description="openai backend: e.g. http://host:8000/v1, or a list of endpoints serving "
+        "the same model (e.g. one vLLM server per GPU): each request goes to the least busy "
+        "live one, and a request to an endpoint that fails goes to another.",
     )
     api_key_env: str | None = Field(
         default=None, description="openai backend: the NAME of the env var holding the API key."
     )
     max_concurrency: int = Field(
-        default=16, ge=1, description="openai backend: requests in flight."
+        default=16, ge=1, description="openai backend: requests in flight, per endpoint."
     )
     max_retries: int = Field(default=5, ge=0, description="openai backend: retries with backoff.")
     request_timeout_s: float = Field(default=300.0, gt=0)
@@ -100,6 +105,27 @@ class ModelConfig(_Section):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"must be one of auto, cpu, cuda, cuda:N (got {value!r})")
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return None
+        urls = [value] if isinstance(value, str) else value
+        if not urls:
+            raise ValueError("needs at least one endpoint URL")
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not an http(s) URL such as http://host:8000/v1")
+        bare = [url.rstrip("/") for url in urls]
+        twice = sorted({url for url in bare if bare.count(url) > 1})
+        if twice:
+            raise ValueError(f"lists the endpoint(s) {', '.join(twice)} more than once")
+        # The endpoints are a set (their order means nothing) and the config is what fingerprints
+        # read: sorted, so reordering re-runs nothing; one endpoint stays the plain string it
+        # always was, so its runs resume.
+        return urls[0] if len(urls) == 1 else sorted(urls)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> ModelConfig:
@@ -313,6 +339,22 @@ class TrainConfig(_Section):
         description="Pack examples into max_length rows (TRL best-fit, padding-free): fewer "
         "padding tokens; sequences never attend across examples.",
     )
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    distributed: DistributedConfig = Field(default_factory=lambda: DistributedConfig())
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainConfig:
+        if self.batch_size % self.distributed.processes:
+            raise ValueError(
+                f"batch_size={self.batch_size} is the batch of all {self.distributed.processes} "
+                "processes together (distributed.processes): it must be a multiple of them"
+            )
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What the training computes: how fast, on how many processes, is not part of it."""
+        return self.model_dump(mode="json", exclude=TRAIN_HOW_NOT_WHAT)
 
 
 class SelectConfig(_Section):
@@ -575,6 +617,7 @@ class Config(_Section):
     code_model: CodeModelConfig = Field(default_factory=CodeModelConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @model_validator(mode="after")
     def _synthesizer_checkpoints(self) -> Config:
@@ -644,56 +687,3 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = value
-
-
-# Inputs a step hands to the next are arguments of the stage, not settings: keys that were once
-# config keys say where they went.
-MOVED_KEYS = {
-    "synthesis.checkpoints": "pass them to `scoder synthesize --checkpoints a,b`",
-    "select.dp": "pass the D_p file to `scoder select --dp FILE`",
-    "train.data": "pass the rows to `scoder train --data FILE`",
-    "train.task": "pass it to `scoder train --task synthesizer|code`",
-    "train.eval_data": "pass the file to `scoder train --eval-data FILE`",
-    "train.init_adapter": "pass the adapter to `scoder train --init-adapter DIR`",
-    "train.merge": "pass `scoder train --merge`",
-    "final.code_model": "set code_model.enabled",
-    "final.code_model_name": "set code_model.model.name",
-    "final.eval_benchmarks": "set code_model.eval_benchmarks",
-}
-
-
-def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        dotted = ".".join(loc) or "(top level)"
-        if err["type"] == "extra_forbidden" and dotted in MOVED_KEYS:
-            msg = f"no longer a config key: {MOVED_KEYS[dotted]}"
-        elif err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(root, loc[:-1])
-            hint = difflib.get_close_matches(loc[-1], allowed, n=1)
-            msg = f"unknown key; allowed here: {', '.join(allowed)}"
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
-        else:
-            msg = err["msg"]
-            if (
-                "input" in err
-                and err["type"] not in ("missing",)
-                and not isinstance(err["input"], dict)
-            ):
-                msg += f" (got {err['input']!r})"
-        lines.append(f"  {dotted}: {msg}")
-    return "\n".join(lines)
-
-
-def _allowed_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
-    model: Any = root
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(model, type) else None
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
-            return []
-        model = field.annotation
-    return sorted(model.model_fields)
