@@ -17,10 +17,27 @@ continuation fields, `logprobs`/`top_logprobs` (SamplingParams.logprobs), a stri
 log (`<log>.capabilities.json`), so a resumed run sends the very same requests (and finds them in
 the log) without asking again.
 
-LoRA checkpoints go through one server: `load_adapters` registers each checkpoint with it (POST
+LoRA checkpoints: `load_adapters` registers each checkpoint with the server (POST
 /v1/load_lora_adapter, as vLLM with runtime LoRA updating and `scoder serve` take) under a name
 unique to the checkpoint's content, or, with lora_adapters="preloaded", checks that the server
 already serves each under its own name; `adapter(name)` then sends requests to that model name.
+
+Several endpoints (`base_url` a list, e.g. one vLLM server per GPU, all serving one model) are
+one backend: a request goes to the least busy live one (scoder.models.endpoints); one failing
+after the client's retries (connection lost, timeout, 5xx) is marked down for a while (a warning
+line; `usage["endpoint_failures"]`) and the request goes to another; the run stops, resumably,
+only when none is left. At start unreachable ones start down (one serving another model is an
+error). Capabilities are probed once, on the first live endpoint: they serve one model, and a
+request built for a capability one of them lacked is refused with a clear error anyway.
+Adapters are registered on (preloaded: checked on) every live endpoint, and adapter requests go
+only to endpoints that have them.
+
+Identity (`describe()["digest"]`, read by stage fingerprints): weights behind an API are not ours
+to hash, so it is the address(es) and the model name. One endpoint keeps the identity it always
+had; several, their sorted set: order does not matter, while adding or removing one changes it
+as changing the one URL does (scoder cannot tell that a new address serves the same weights, and
+the loop's fingerprints read the config's `model.base_url`, sorted there, the same way). An
+endpoint that went down need not leave the list: the run goes on without it.
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ from typing import Any
 
 from scoder.errors import ScoderError
 from scoder.models.base import Capabilities, Chat, Completion, SamplingParams, TokenLogprob
+from scoder.models.endpoints import Endpoint, EndpointLost, EndpointPool, NoEndpointLeft
 from scoder.store import file_digest, write_json
 
 # The probe for structured output: an answer that only a server enforcing the schema gives to
@@ -56,7 +74,7 @@ class OpenAIBackend:
     def __init__(
         self,
         *,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         api_key_env: str | None = None,
         max_concurrency: int = 16,
@@ -66,6 +84,7 @@ class OpenAIBackend:
         lora_adapters: str = "load",
         lora_path_map: Mapping[str, str] | None = None,
         check_server: bool = True,
+        down_for_s: float = 30.0,
     ):
         import openai
 
@@ -77,15 +96,18 @@ class OpenAIBackend:
                 )
         else:
             api_key = "none"  # local servers take any key
-        self.base_url = base_url
+        self.base_url = base_url  # as given: one URL, or the list
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.pool = EndpointPool(urls, max_concurrency=max_concurrency, down_for_s=down_for_s)
         self.model_id = model
         self.max_concurrency = max_concurrency
         self.price = price_per_million_tokens
-        self.usage = {
+        self.usage: dict[str, Any] = {
             "requests": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "cached_requests": 0,
+            "per_endpoint": dict.fromkeys(urls, 0),  # answered requests: the spread
         }
         self.request_log: Path | None = None
         self._supports_n: bool | None = None
@@ -96,31 +118,46 @@ class OpenAIBackend:
         self.adapters: dict[str, str] = {}  # checkpoint name -> the model name the server uses
         self._active: str | None = None  # the served name requests go to (None: the base model)
         self._probe_result: Capabilities | None = None  # n aside: found out by the first n > 1
-        self._client_args = dict(
-            base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout_s
-        )
+        self._client_args = dict(api_key=api_key, max_retries=max_retries, timeout=timeout_s)
         self._openai = openai
         if check_server:
             self._check_server()
 
+    def _client(self, url: str, **overrides: Any) -> Any:
+        return self._openai.OpenAI(base_url=url, **{**self._client_args, **overrides})
+
     def _check_server(self) -> None:
-        client = self._openai.OpenAI(**{**self._client_args, "max_retries": 1})
-        try:
-            served = [m.id for m in client.models.list()]
-        except self._openai.APIConnectionError:
-            raise ScoderError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url}"
-            ) from None
-        except self._openai.APIStatusError as exc:
-            if exc.status_code in (401, 403):
+        """Every endpoint answers and serves the model; with several, an unreachable one starts
+        down (the others carry the run) and only none reachable is an error."""
+        for endpoint in self.pool.endpoints:
+            url = endpoint.url
+            client = self._client(url, max_retries=1)
+            try:
+                served = [m.id for m in client.models.list()]
+            except self._openai.APIConnectionError:
+                self._endpoint_lost(endpoint, f"cannot reach the OpenAI-compatible server at {url}")
+                continue
+            except self._openai.APIStatusError as exc:
+                if exc.status_code in (401, 403):
+                    raise ScoderError(
+                        f"the server at {url} refused the API key ({exc.status_code})"
+                    ) from None
+                continue  # some servers do not list models; requests will tell
+            finally:
+                client.close()
+            if served and self.model_id not in served:
                 raise ScoderError(
-                    f"the server at {self.base_url} refused the API key ({exc.status_code})"
-                ) from None
-            return  # some servers do not list models; requests will tell
-        if served and self.model_id not in served:
-            raise ScoderError(
-                f"the server at {self.base_url} does not serve {self.model_id!r} (it serves: {', '.join(served)})"
-            )
+                    f"the server at {url} does not serve {self.model_id!r} (it serves: {', '.join(served)})"
+                )
+        if not self.pool.live():
+            raise self._nothing_left()
+
+    def _endpoint_lost(self, endpoint: Endpoint, reason: str) -> None:
+        self.pool.mark_down(endpoint, reason)
+        self.usage["endpoint_failures"] = self.pool.failures()
+
+    def _nothing_left(self, resumable: bool = False, skip: Sequence[int] = ()) -> ScoderError:
+        return self.pool.nothing_left(self._active, skip=skip, resumable=resumable)
 
     def use_request_log(self, path: Path) -> None:
         """Keep finished requests in `path` (JSONL) and answer repeated requests from it."""
@@ -140,11 +177,19 @@ class OpenAIBackend:
         return replace(found, n=self._supports_n is True, how=f"{found.how}; n: {n_known}")
 
     def _probed(self) -> Capabilities:
-        if self._probe_result is None:
-            self._probe_result = self._probe()
+        """Probed once, on the first live endpoint (see the module docstring); one lost while
+        probing is marked down and the next is asked."""
+        while self._probe_result is None:
+            live = self.pool.live()
+            if not live:
+                raise self._nothing_left(resumable=True)
+            try:
+                self._probe_result = self._probe(live[0].url)
+            except EndpointLost as lost:
+                self._endpoint_lost(live[0], lost.reason)
         return self._probe_result
 
-    def _probe(self) -> Capabilities:
+    def _probe(self, url: str) -> Capabilities:
         """Tiny requests (a few tokens, temperature 0) that tell what the server does.
 
         continuation: the chat [user, assistant] sent with vLLM's continue_final_message and
@@ -155,7 +200,7 @@ class OpenAIBackend:
         {"digit": 0-9} and the prompt "Say hello": yes only when the answer follows the schema.
         A lost connection is an error; any other failure means no.
         """
-        client = self._openai.OpenAI(**self._client_args)
+        client = self._client(url)
         notes: list[str] = []
 
         def ask(what: str, messages: Chat, max_tokens: int, **fields: Any) -> Any:
@@ -168,9 +213,8 @@ class OpenAIBackend:
                     **fields,
                 )
             except self._openai.APIConnectionError as exc:
-                raise ScoderError(
-                    f"cannot reach the OpenAI-compatible server at {self.base_url} ({exc}); "
-                    "finished requests are kept, run again to resume"
+                raise EndpointLost(
+                    f"cannot reach the OpenAI-compatible server at {url} ({exc})"
                 ) from None
             except self._openai.APIStatusError as exc:
                 notes.append(f"{what}: refused ({exc.status_code})")
@@ -263,42 +307,62 @@ class OpenAIBackend:
     # -- LoRA checkpoints -------------------------------------------------------------------
 
     def load_adapters(self, adapters: Mapping[str, Path]) -> None:
-        """Make each checkpoint servable by its name (see the module docstring)."""
-        if self.lora_adapters == "preloaded":
-            served = self._served_models()
-            missing = [name for name in adapters if name not in served]
-            if missing:
+        """Make each checkpoint servable by its name on every live endpoint (see the module
+        docstring); an endpoint lost meanwhile is marked down and gets no adapter requests."""
+        names: dict[str, str] = {}  # checkpoint name -> the model name the servers use
+        for name, path in adapters.items():
+            weights = Path(path) / "adapter_model.safetensors"
+            if self.lora_adapters == "preloaded":
+                names[name] = name
+            elif not (Path(path) / "adapter_config.json").is_file() or not weights.is_file():
                 raise ScoderError(
-                    f"the server at {self.base_url} does not serve the LoRA checkpoint(s) "
-                    f"{', '.join(missing)} (model.lora_adapters=preloaded expects each under its "
-                    f"own name, e.g. vllm serve --lora-modules NAME=PATH; it serves: "
-                    f"{', '.join(served) or 'nothing listed'})"
+                    f"{path} is not a LoRA adapter directory (adapter_config.json and "
+                    "adapter_model.safetensors)"
                 )
-            self.adapters.update({name: name for name in adapters})
-            return
-        client = self._openai.OpenAI(**self._client_args)
+            else:
+                names[name] = f"{name}-{file_digest(weights).removeprefix('sha256:')[:8]}"
+        for endpoint in self.pool.live():
+            try:
+                if self.lora_adapters == "preloaded":
+                    self._check_preloaded(endpoint.url, list(names))
+                else:
+                    self._load_on_endpoint(endpoint.url, adapters, names)
+            except EndpointLost as lost:
+                self._endpoint_lost(endpoint, lost.reason)
+                continue
+            endpoint.adapters.update(names.values())
+        if not any(set(names.values()) <= e.adapters for e in self.pool.endpoints):
+            raise self._nothing_left()
+        self.adapters.update(names)
+
+    def _check_preloaded(self, url: str, names: list[str]) -> None:
+        served = self._served_models(url)
+        missing = [name for name in names if name not in served]
+        if missing:
+            raise ScoderError(
+                f"the server at {url} does not serve the LoRA checkpoint(s) "
+                f"{', '.join(missing)} (model.lora_adapters=preloaded expects each under its "
+                f"own name, e.g. vllm serve --lora-modules NAME=PATH; it serves: "
+                f"{', '.join(served) or 'nothing listed'})"
+            )
+
+    def _load_on_endpoint(
+        self, url: str, adapters: Mapping[str, Path], names: Mapping[str, str]
+    ) -> None:
+        client = self._client(url)
         try:
             for name, path in adapters.items():
-                weights = Path(path) / "adapter_model.safetensors"
-                if not (Path(path) / "adapter_config.json").is_file() or not weights.is_file():
-                    raise ScoderError(
-                        f"{path} is not a LoRA adapter directory (adapter_config.json and "
-                        "adapter_model.safetensors)"
-                    )
-                served = f"{name}-{file_digest(weights).removeprefix('sha256:')[:8]}"
-                self._load_on_server(client, name, served, self._server_path(Path(path)))
-                self.adapters[name] = served
+                remote = self._server_path(Path(path))
+                self._load_on_server(client, url, name, names[name], remote)
         finally:
             client.close()
 
-    def _load_on_server(self, client: Any, name: str, served: str, remote: str) -> None:
-        url = self.base_url.rstrip("/").removesuffix("/v1") + "/v1/load_lora_adapter"
+    def _load_on_server(self, client: Any, base: str, name: str, served: str, remote: str) -> None:
+        url = base.rstrip("/").removesuffix("/v1") + "/v1/load_lora_adapter"
         try:
             client.post(url, cast_to=str, body={"lora_name": served, "lora_path": remote})
         except self._openai.APIConnectionError:
-            raise ScoderError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url}"
-            ) from None
+            raise EndpointLost(f"cannot reach the OpenAI-compatible server at {base}") from None
         except self._openai.APIStatusError as exc:
             text = exc.response.text
             if exc.status_code == 400 and "already" in text.lower():
@@ -311,7 +375,7 @@ class OpenAIBackend:
                     "yourself and set model.lora_adapters=preloaded"
                 )
             raise ScoderError(
-                f"the server at {self.base_url} did not load LoRA checkpoint {name!r} from "
+                f"the server at {base} did not load LoRA checkpoint {name!r} from "
                 f"{remote} ({exc.status_code}: {text[:300]}){hint}"
             ) from None
 
@@ -328,17 +392,15 @@ class OpenAIBackend:
                     best = (len(root.parts), mapped)
         return best[1] if best else str(path)
 
-    def _served_models(self) -> list[str]:
-        client = self._openai.OpenAI(**{**self._client_args, "max_retries": 1})
+    def _served_models(self, url: str) -> list[str]:
+        client = self._client(url, max_retries=1)
         try:
             return [m.id for m in client.models.list()]
         except self._openai.APIConnectionError:
-            raise ScoderError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url}"
-            ) from None
+            raise EndpointLost(f"cannot reach the OpenAI-compatible server at {url}") from None
         except self._openai.APIStatusError as exc:
             raise ScoderError(
-                f"the server at {self.base_url} does not list its models ({exc.status_code})"
+                f"the server at {url} does not list its models ({exc.status_code})"
             ) from None
         finally:
             client.close()
@@ -356,17 +418,26 @@ class OpenAIBackend:
             self._active = previous
 
     def describe(self) -> dict[str, Any]:
+        # weights behind an API are not ours to hash: the identity is the endpoint(s) + name
+        if len(self.pool.endpoints) > 1:
+            urls: str | list[str] = sorted(self.pool.urls)
+            address = json.dumps(urls)  # one string that no single URL can be
+        else:
+            urls = address = self.pool.urls[0]
+        usage = {k: dict(v) if isinstance(v, dict) else v for k, v in self.usage.items()}
         info: dict[str, Any] = {
             "id": self.model_id,
             "backend": "openai",
-            "base_url": self.base_url,
-            # weights behind an API are not ours to hash: the identity is the endpoint + name
+            "base_url": urls,
             "digest": "api:"
-            + hashlib.sha256(f"{self.base_url}|{self.model_id}".encode()).hexdigest()[:16],
+            + hashlib.sha256(f"{address}|{self.model_id}".encode()).hexdigest()[:16],
             "source": "api",
-            "usage": dict(self.usage),
+            "usage": usage,
             "capabilities": self.capabilities().to_dict(),
         }
+        down = {e.url: e.reason for e in self.pool.down()}
+        if down:
+            info["endpoints_down"] = down
         if self.adapters:
             info["adapters"] = dict(self.adapters)  # checkpoint name -> name on the server
         if self.price:
@@ -391,8 +462,9 @@ class OpenAIBackend:
     # --------------------------------------------------------------------------------------
 
     def _cannot_continue(self) -> ScoderError:
+        where = ", ".join(self.pool.urls)
         return ScoderError(
-            f"the server at {self.base_url} does not continue a trailing assistant message "
+            f"the server at {where} does not continue a trailing assistant message "
             f"for {self.model_id} (capabilities().continuation is false): send chats that end "
             "with a user turn to it"
         )
@@ -454,41 +526,63 @@ class OpenAIBackend:
         params: SamplingParams,
         caps: Capabilities | None = None,
     ) -> list[list[Completion]]:
-        client = self._openai.AsyncOpenAI(**self._client_args)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
+        pool = self.pool
+        clients = [
+            self._openai.AsyncOpenAI(base_url=e.url, **self._client_args) for e in pool.endpoints
+        ]
+        pool.start()
         done = self._load_log()
         if self.request_log:
             self.request_log.parent.mkdir(parents=True, exist_ok=True)
         log = self.request_log.open("a", encoding="utf-8") if self.request_log else None
+
+        async def send(body: dict[str, Any]) -> tuple[Any, Endpoint]:
+            """The response to `body` from the least busy live endpoint, or from another when
+            that one fails after the client's retries."""
+            failed: list[int] = []
+            base = body["model"] == self.model_id
+            lacking = [
+                e.index for e in pool.endpoints if not base and body["model"] not in e.adapters
+            ]
+            while True:
+                try:
+                    endpoint = await pool.acquire([*failed, *lacking])
+                except NoEndpointLeft:
+                    raise self._nothing_left(resumable=True, skip=failed) from None
+                url = endpoint.url
+                try:
+                    return await clients[endpoint.index].chat.completions.create(**body), endpoint
+                except self._openai.APIConnectionError as exc:  # timeouts too
+                    self._endpoint_lost(endpoint, f"lost the server at {url} ({exc})")
+                except self._openai.InternalServerError as exc:  # 5xx
+                    said = f"answered {exc.status_code}: {str(exc)[:300]}"
+                    self._endpoint_lost(endpoint, f"the server at {url} {said}")
+                except self._openai.APIStatusError as exc:  # 4xx: the request, on any endpoint
+                    raise ScoderError(
+                        f"the server at {url} answered {exc.status_code}: {str(exc)[:300]}; "
+                        "finished requests are kept, run again to resume"
+                    ) from None
+                except (json.JSONDecodeError, self._openai.APIResponseValidationError) as exc:
+                    raise _malformed(url, exc) from None
+                finally:
+                    pool.release(endpoint)
+                failed.append(endpoint.index)
 
         async def request(body: dict[str, Any]) -> list[dict[str, Any]]:
             key = self._key(body)
             if key in done:
                 self.usage["cached_requests"] += 1
                 return done[key]
-            async with semaphore:
-                response = await client.chat.completions.create(**body)
-            completions = [
-                {
-                    "text": choice.message.content or "",
-                    "finish_reason": "length" if choice.finish_reason == "length" else "stop",
-                    "prompt_tokens": response.usage.prompt_tokens if response.usage else 0,
-                    "completion_tokens": 0,
-                    **(
-                        {"logprobs": _logprobs_entry(_choice_logprobs(choice))}
-                        if body.get("logprobs")
-                        else {}
-                    ),
-                }
-                for choice in response.choices
-            ]
+            response, endpoint = await send(body)
+            try:
+                completions = _completions(response, bool(body.get("logprobs")))
+            except (AttributeError, TypeError) as exc:
+                raise _malformed(endpoint.url, exc) from None
             if response.usage and completions:
-                share = response.usage.completion_tokens / len(completions)
-                for c in completions:
-                    c["completion_tokens"] = round(share)
                 self.usage["prompt_tokens"] += response.usage.prompt_tokens
                 self.usage["completion_tokens"] += response.usage.completion_tokens
             self.usage["requests"] += 1
+            self.usage["per_endpoint"][endpoint.url] += 1
             if log:
                 log.write(json.dumps({"key": key, "completions": completions}) + "\n")
                 log.flush()
@@ -512,31 +606,45 @@ class OpenAIBackend:
             )
             return [_completion(c) for c in got] + [_completion(r[0]) for r in rest]
 
+        tasks = [asyncio.ensure_future(one_chat(i, chat)) for i, chat in enumerate(chats)]
         try:
-            return list(await asyncio.gather(*(one_chat(i, chat) for i, chat in enumerate(chats))))
-        except self._openai.APIConnectionError as exc:
-            raise ScoderError(
-                f"lost the server at {self.base_url} ({exc}); finished requests are kept, run again to resume"
-            ) from None
-        except self._openai.APIStatusError as exc:
-            raise ScoderError(
-                f"the server at {self.base_url} answered {exc.status_code}: {str(exc)[:300]}; "
-                "finished requests are kept, run again to resume"
-            ) from None
-        except (
-            json.JSONDecodeError,
-            self._openai.APIResponseValidationError,
-            AttributeError,
-            TypeError,
-        ) as exc:
-            raise ScoderError(
-                f"the server at {self.base_url} sent a malformed response ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); finished requests are kept, run again to resume"
-            ) from None
+            return list(await asyncio.gather(*tasks))
         finally:
+            # The others stop before the log closes: a request either finished and was written,
+            # or is sent again by the next run.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if log:
                 log.close()
-            await client.close()
+            for client in clients:
+                await client.close()
+
+
+def _malformed(url: str, exc: Exception) -> ScoderError:
+    return ScoderError(
+        f"the server at {url} sent a malformed response ({type(exc).__name__}: "
+        f"{str(exc)[:200]}); finished requests are kept, run again to resume"
+    )
+
+
+def _completions(response: Any, logprobs: bool) -> list[dict[str, Any]]:
+    """A response's choices as the request log keeps them (completion tokens shared out)."""
+    completions = [
+        {
+            "text": choice.message.content or "",
+            "finish_reason": "length" if choice.finish_reason == "length" else "stop",
+            "prompt_tokens": response.usage.prompt_tokens if response.usage else 0,
+            "completion_tokens": 0,
+            **({"logprobs": _logprobs_entry(_choice_logprobs(choice))} if logprobs else {}),
+        }
+        for choice in response.choices
+    ]
+    if response.usage and completions:
+        share = response.usage.completion_tokens / len(completions)
+        for c in completions:
+            c["completion_tokens"] = round(share)
+    return completions
 
 
 def _ends_with_assistant(chat: Chat) -> bool:
