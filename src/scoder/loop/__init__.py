@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scoder import executors
 from scoder.config import Config, ModelConfig
 from scoder.errors import ScoderError
 from scoder.ledger import LEDGER, Decision, Ledger, Step
@@ -166,7 +167,7 @@ def run_loop(
 ) -> LoopResult:
     """`scoder run`: every step of the method, resumable; returns the run's summary."""
     root = Path(config.run_dir)
-    with run_lock(root, "scoder run"):
+    with run_lock(root, "scoder run"), executors.activate(config.executor):
         if force:
             discard_run(root)
         ledger = Ledger(root, report=report)

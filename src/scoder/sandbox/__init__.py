@@ -55,8 +55,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Literal
 
+from scoder import executors
 from scoder.progress import track
 from scoder.sandbox.isolation import build_launch, cpu_count, get_host, rlimits, work_dir
 from scoder.sandbox.process import Process
@@ -194,13 +196,17 @@ def run_many(
     progress: str | None = None,
 ) -> list[ExecResult]:
     """Run (code, tests) pairs on a pool of `workers` threads (default: one per core), each waiting
-    on one sandboxed process. Results come back in input order. `progress` names a progress line
+    on one sandboxed process; on the active executor's cluster instead when there is one
+    (`scoder.executors`). Results come back in input order. `progress` names a progress line
     (scoder.progress) to show while they run."""
-    level = _resolve(isolation)
     programs = list(programs)
-    results: list[ExecResult | None] = [None] * len(programs)
     if not programs:
         return []
+    executor = executors.current()
+    if executor is not None:
+        return _run_on(executor, programs, timeout_s, memory_mb, isolation, progress)
+    level = _resolve(isolation)
+    results: list[ExecResult | None] = [None] * len(programs)
     cancel = threading.Event()
     futures: dict = {}
     pool = ThreadPoolExecutor(max_workers=workers or cpu_count(), thread_name_prefix="sandbox")
@@ -224,3 +230,42 @@ def run_many(
         finally:
             pool.shutdown(wait=True)
     return results  # type: ignore[return-value]
+
+
+def _run_on(
+    executor: executors.Executor,
+    programs: list[tuple[str, str]],
+    timeout_s: float,
+    memory_mb: int,
+    isolation: IsolationLevel | Literal["auto"],
+    progress: str | None,
+) -> list[ExecResult]:
+    # Each task runs its shard one program at a time on one CPU of its node, with the strongest
+    # isolation that node has (for "auto"): nodes need not be alike.
+    shards = executors.shards_of(programs, executor)
+    jobs = [_ShardJob(shard, timeout_s, memory_mb, isolation) for shard in shards]
+    with (
+        track(progress, total=len(programs), unit="programs") if progress else nullcontext()
+    ) as bar:
+        done = executor.map(
+            _run_shard, jobs, on_done=(lambda i: bar.advance(len(shards[i]))) if bar else None
+        )
+    return [result for shard in done for result in shard]
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    programs: list[tuple[str, str]]
+    timeout_s: float
+    memory_mb: int
+    isolation: IsolationLevel | Literal["auto"]
+
+
+def _run_shard(job: _ShardJob) -> list[ExecResult]:
+    return run_many(
+        job.programs,
+        timeout_s=job.timeout_s,
+        memory_mb=job.memory_mb,
+        workers=1,
+        isolation=job.isolation,
+    )
