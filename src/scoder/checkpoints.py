@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from scoder.errors import ScoderError
 from scoder.influence import AdamState
@@ -46,29 +46,73 @@ def save_checkpoint(
     *,
     mean_lr: float,
     step: int,
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save a peft model's adapter, its Adam state by parameter name, and the mean learning rate."""
+    """Save a peft model's adapter, its Adam state by parameter name, and the mean learning rate.
+    Sharded trainings pass what they gathered (`adam_moments`, the whole `state_dict`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    names = {id(p): n for n, p in model.named_parameters()}
+    model.save_pretrained(path, **({"state_dict": state_dict} if state_dict is not None else {}))
+    if moments is None:
+        moments = adam_moments(model, optimizer)
     tensors: dict[str, torch.Tensor] = {}
-    betas, eps = (0.9, 0.999), 1e-8
-    for group in optimizer.param_groups:
-        betas, eps = tuple(group.get("betas", betas)), group.get("eps", eps)
-        for p in group["params"]:
-            state = optimizer.state.get(p)
-            if not state or id(p) not in names:
-                continue
-            name = _adapter_key(names[id(p)])
-            tensors[f"{name}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
-            tensors[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
+    for name, (exp_avg, exp_avg_sq) in moments.items():
+        key = _adapter_key(name)
+        tensors[f"{key}.exp_avg"] = exp_avg.detach().float().cpu().contiguous()
+        tensors[f"{key}.exp_avg_sq"] = exp_avg_sq.detach().float().cpu().contiguous()
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    betas, eps = tuple(group.get("betas", (0.9, 0.999))), group.get("eps", 1e-8)
     save_file(tensors, str(path / OPTIMIZER_FILE))
     info = {"step": step, "mean_lr": mean_lr, "betas": list(betas), "eps": eps}
     (path / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2))
     return path
+
+
+Sharding = Literal["none", "fsdp", "deepspeed"]
+
+
+def adam_moments(
+    model: nn.Module, optimizer: Any, sharding: Sharding = "none"
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Adam's (exp_avg, exp_avg_sq) of each trainable parameter, by name, whole.
+
+    Unsharded (one process, DDP: every process holds all of it) the optimizer's state is looked up
+    by parameter object. Under FSDP (`model` the wrapped one) or DeepSpeed ZeRO each process holds
+    a shard: their own gathering APIs make it whole, and every process must call this."""
+    if sharding == "fsdp":
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        full = get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return {
+            name: (state["exp_avg"], state["exp_avg_sq"])
+            for name, state in full["state"].items()
+            if "exp_avg" in state
+        }
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if sharding == "deepspeed":
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        return {
+            name: (
+                safe_get_full_optimizer_state(p, "exp_avg"),
+                safe_get_full_optimizer_state(p, "exp_avg_sq"),
+            )
+            for name, p in trainable
+        }
+    moments = {}
+    for name, p in trainable:
+        state = optimizer.state.get(p)
+        if state and "exp_avg" in state:
+            moments[name] = (state["exp_avg"], state["exp_avg_sq"])
+    return moments
 
 
 def _adapter_key(name: str) -> str:

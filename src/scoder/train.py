@@ -16,13 +16,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from scoder.checkpoints import CHECKPOINT_INFO, save_checkpoint
+from pydantic import BaseModel
+
+from scoder import launch
+from scoder.checkpoints import CHECKPOINT_INFO, adam_moments, save_checkpoint
 from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
 from scoder.influence import Example
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model
 from scoder.progress import ProgressTask, track
-from scoder.store import RunDir, file_digest, fingerprint, read_jsonl
+from scoder.store import RunDir, file_digest, fingerprint, read_jsonl, write_json
 from scoder.templates import PLAIN_TEMPLATE_ID, SYNTHESIS_TEMPLATES, render_plain
 
 STAGE = "train"
@@ -167,6 +170,7 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
         def __init__(self) -> None:
             self.lr_sum, self.steps, self.saved = 0.0, 0, []
             self.optimizer = None
+            self.trainer: Any = None  # set once the trainer exists
 
         def on_step_begin(self, args, state, control, **kwargs):
             # the learning rate this optimizer step will use
@@ -190,14 +194,12 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
             self._save(kwargs["model"], state, f"step-{state.global_step}")
 
         def resume_at(self, step: int) -> None:
-            """Continue a training cut short at `step`: the checkpoints up to it are kept (the
-            trainer's checkpoint closes a span, so no learning rate is owed); later ones, made
-            after it, are made again."""
+            """Continue a training cut short at `step`: its checkpoints up to that step are
+            kept (the trainer's checkpoint closes a span, so no learning rate is owed); later
+            ones were removed (`discard_after`) and are made again."""
             for path in sorted(out.glob("*/" + CHECKPOINT_INFO)):
                 info = json.loads(path.read_text())
-                if info["step"] > step:
-                    shutil.rmtree(path.parent)
-                else:
+                if info["step"] <= step:
                     self.saved.append(
                         {"path": str(path.parent), "mean_lr": info["mean_lr"], "step": info["step"]}
                     )
@@ -206,18 +208,33 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
         def _save(self, model, state, name):
             if not self.steps:
                 return
+            trainer = self.trainer
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
-            path = save_checkpoint(
-                out / name,
-                model,
-                optimizer,
-                mean_lr=self.lr_sum / self.steps,
-                step=state.global_step,
+            sharding = (
+                "deepspeed"
+                if trainer.is_deepspeed_enabled
+                else "fsdp"
+                if trainer.is_fsdp_enabled
+                else "none"
             )
-            self.saved.append(
-                {"path": str(path), "mean_lr": self.lr_sum / self.steps, "step": state.global_step}
-            )
+            # sharded: every process takes part in gathering, the first one writes
+            wrapped = trainer.model_wrapped if sharding == "fsdp" else model
+            moments = adam_moments(wrapped, optimizer, sharding)
+            whole = trainer.accelerator.get_state_dict(wrapped) if sharding != "none" else None
+            mean_lr = self.lr_sum / self.steps
             self.lr_sum, self.steps = 0.0, 0
+            path = out / name
+            if state.is_world_process_zero:
+                save_checkpoint(
+                    path,
+                    model,
+                    optimizer,
+                    mean_lr=mean_lr,
+                    step=state.global_step,
+                    moments=moments,
+                    state_dict=whole,
+                )
+            self.saved.append({"path": str(path), "mean_lr": mean_lr, "step": state.global_step})
 
     return SaveForInfluence()
 
@@ -277,8 +294,11 @@ def build_trainer(
     args = SFTConfig(
         output_dir=str(out / "trainer"),
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        # train.batch_size is the batch of all processes together: the same steps on any number
+        per_device_train_batch_size=cfg.batch_size // cfg.distributed.processes,
+        per_device_eval_batch_size=cfg.batch_size // cfg.distributed.processes,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -302,6 +322,7 @@ def build_trainer(
         report_to=[],
         disable_tqdm=True,
         **evaluate_every,
+        **launch.trainer_arguments(cfg.distributed, on_cuda=device.type == "cuda"),
     )
     trainer = SFTTrainer(
         model=model,
@@ -318,6 +339,142 @@ def build_trainer(
     # the trainer's log dictionaries are not for a terminal: losses are in the stage's manifest
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+class FitJob(BaseModel):
+    """One training, whole: what `fit` needs, in this process or in each of several."""
+
+    config: Config
+    model: ModelConfig
+    train: TrainConfig
+    task: Task
+    data: Path
+    eval_data: Path | None
+    init_adapter: Path | None
+    merge: bool
+    checkpoints: bool
+    out: Path
+
+
+class Fit(BaseModel):
+    """What a training made: its checkpoints, losses and, when asked, the merged model."""
+
+    checkpoints: list[dict[str, Any]]
+    losses: list[float]
+    eval_losses: list[float]
+    train_loss: float
+    steps: int
+    resumed_at_step: int | None
+    dtype: str
+    merged_model: Path | None
+
+
+def fit(
+    job: FitJob,
+    *,
+    examples: list[dict] | None = None,
+    eval_examples: list[dict] | None = None,
+) -> tuple[Fit, Any]:
+    """Train as `job` says (in this process, or as one of a distributed training's processes:
+    then the first one writes) and return what it made, and the trainer."""
+    import torch
+
+    cfg, model_cfg = job.train, job.model
+    ref = resolve_model(model_cfg.name, revision=model_cfg.revision)
+    tokenizer = load_tokenizer(ref)
+    plain = resolve_template(cfg, tokenizer, ref.id)
+    if examples is None:
+        examples = _examples(job.data, job.config, cfg, job.task, tokenizer, plain)[0]
+        if job.eval_data:
+            eval_examples = _examples(job.eval_data, job.config, cfg, job.task, tokenizer, plain)[0]
+    torch.manual_seed(job.config.random_seed)
+    network = load_causal_lm(
+        ref,
+        device=model_cfg.device,
+        dtype=model_cfg.dtype,
+        adapter=job.init_adapter,
+        trainable=True,
+        attn_implementation=cfg.attn_implementation,
+    )
+    callback = _checkpoint_callback(job.out / "checkpoints", cfg.save_every_steps)
+    trainer = build_trainer(
+        job.config,
+        network,
+        tokenizer,
+        examples,
+        job.out,
+        eval_examples=eval_examples,
+        callbacks=[callback] if job.checkpoints else [],
+        train_cfg=cfg,
+    )
+    callback.trainer = trainer
+    eval_losses = [trainer.evaluate()["eval_loss"]] if eval_examples else []
+    # a cut-short attempt of this same training (same fingerprint) left the trainer's
+    # checkpoint: continue from it
+    resume = _last_trainer_checkpoint(job.out)
+    if resume is not None:
+        callback.resume_at(resume[1])
+    with track(f"training ({job.task})", total=None, unit="steps") as progress:
+        trainer.add_callback(_progress_callback(progress))
+        result = trainer.train(resume_from_checkpoint=resume[0] if resume else None)
+    first = trainer.is_world_process_zero()
+    if first:
+        for done in (job.out / "trainer").glob("checkpoint-*"):  # only for resuming
+            shutil.rmtree(done)
+    history = trainer.state.log_history
+    # train() starts a fresh log history: the evaluation before it is not in there
+    eval_losses += [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    merged = None
+    if job.merge:
+        merged = job.out / "model"
+        if cfg.lora:
+            if first:
+                trainer.model.merge_and_unload().save_pretrained(merged)
+        else:
+            trainer.save_model(str(merged))  # gathers a sharded model's weights
+        if first:
+            tokenizer.save_pretrained(merged)
+    fitted = Fit(
+        checkpoints=callback.saved,
+        losses=[entry["loss"] for entry in history if "loss" in entry],
+        eval_losses=eval_losses,
+        train_loss=result.training_loss,
+        steps=trainer.state.global_step,
+        resumed_at_step=resume[1] if resume else None,
+        dtype=str(network.dtype).removeprefix("torch."),
+        merged_model=merged,
+    )
+    return fitted, trainer
+
+
+def fit_elsewhere(job: FitJob) -> Fit:
+    """`fit` on train.distributed's processes (scoder.launch); the first one leaves its result."""
+    where = job.out / "distributed"
+    where.mkdir(parents=True, exist_ok=True)
+    job_file, result_file = where / "job.json", where / "result.json"
+    result_file.unlink(missing_ok=True)
+    write_json(job_file, job.model_dump(mode="json"))
+    launch.run(job.train.distributed, job_file, where / "log.txt")
+    if not result_file.is_file():
+        raise ScoderError(f"the distributed training ended without its result ({result_file})")
+    return Fit.model_validate_json(result_file.read_text())
+
+
+def _last_trainer_checkpoint(out: Path) -> tuple[str, int] | None:
+    """The trainer's own checkpoint a cut-short training left, and its step."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(out / "trainer")) if (out / "trainer").is_dir() else None
+    if not found:
+        return None
+    return found, json.loads((Path(found) / "trainer_state.json").read_text())["global_step"]
+
+
+def discard_after(checkpoints: Path, step: int) -> None:
+    """A training resumed at `step` makes its later scoder checkpoints again: remove them."""
+    for path in sorted(checkpoints.glob("*/" + CHECKPOINT_INFO)):
+        if json.loads(path.read_text())["step"] > step:
+            shutil.rmtree(path.parent)
 
 
 def run_train(
@@ -344,8 +501,6 @@ def run_train(
     code model has its own. `checkpoints=False` writes no per-epoch checkpoints (a code model
     needs only its final weights, and a full fine-tune's Adam state is twice the model).
     """
-    import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     cfg = train_cfg or config.train
     model_cfg = model or config.model
@@ -375,7 +530,7 @@ def run_train(
     format_name = PLAIN_TEMPLATE_ID if plain else "chat template"
     stage_fp = fingerprint(
         {
-            "train": cfg.model_dump(mode="json"),
+            "train": cfg.identity(),
             "task": task,
             "merge": merge,
             "checkpoints": checkpoints,
@@ -393,65 +548,46 @@ def run_train(
     )
     with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
         out = run.stage_dir(STAGE)
-        torch.manual_seed(config.random_seed)
-        network = load_causal_lm(
-            ref,
-            device=model_cfg.device,
-            dtype=model_cfg.dtype,
-            adapter=init_adapter,
-            trainable=True,
+        job = FitJob(
+            config=config,
+            model=model_cfg,
+            train=cfg,
+            task=task,
+            data=data_path,
+            eval_data=eval_data,
+            init_adapter=init_adapter,
+            merge=merge,
+            checkpoints=checkpoints,
+            out=out,
         )
-        callback = _checkpoint_callback(out / "checkpoints", cfg.save_every_steps)
-        trainer = build_trainer(
-            config,
-            network,
-            tokenizer,
-            examples,
-            out,
-            eval_examples=eval_examples,
-            callbacks=[callback] if checkpoints else [],
-            train_cfg=cfg,
-        )
-        eval_losses = [trainer.evaluate()["eval_loss"]] if eval_examples else []
-        # a cut-short attempt of this same training (same fingerprint) left the trainer's
-        # checkpoint: continue from it
-        resume = get_last_checkpoint(str(out / "trainer")) if (out / "trainer").is_dir() else None
-        if resume:
-            step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
-            callback.resume_at(step)
-            record.info["resumed_at_step"] = step
-        with track(f"training ({task})", total=None, unit="steps") as progress:
-            trainer.add_callback(_progress_callback(progress))
-            result = trainer.train(resume_from_checkpoint=resume)
-        for done in (out / "trainer").glob("checkpoint-*"):  # only for resuming
-            shutil.rmtree(done)
-        history = trainer.state.log_history
-        losses = [entry["loss"] for entry in history if "loss" in entry]
-        # train() starts a fresh log history: the evaluation before it is not in there
-        eval_losses += [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-        merged = None
-        if merge:
-            merged = out / "model"
-            final = trainer.model.merge_and_unload() if cfg.lora else trainer.model
-            final.save_pretrained(merged)
-            tokenizer.save_pretrained(merged)
+        resume = _last_trainer_checkpoint(out)
+        if resume is not None:
+            discard_after(out / "checkpoints", resume[1])
+        if cfg.distributed.processes > 1 or cfg.distributed.accelerate_config is not None:
+            fitted, trainer = fit_elsewhere(job), None
+        else:
+            fitted, trainer = fit(job, examples=examples, eval_examples=eval_examples)
+        if fitted.resumed_at_step is not None:
+            record.info["resumed_at_step"] = fitted.resumed_at_step
+        losses, eval_losses, merged = fitted.losses, fitted.eval_losses, fitted.merged_model
         record.counts = {
             "rows": n_rows,
             "examples": len(examples),
             "dropped_by_reason": dict(dropped),
-            "steps": trainer.state.global_step,
-            "checkpoints": len(callback.saved),
+            "steps": fitted.steps,
+            "checkpoints": len(fitted.checkpoints),
         }
         record.info.update(
             {
                 "task": task,
                 "model": ref.describe(),
-                "checkpoints": callback.saved,
-                "train_loss": result.training_loss,
+                "checkpoints": fitted.checkpoints,
+                "train_loss": fitted.train_loss,
                 "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None,
                 "eval_losses": eval_losses,
-                "dtype": str(network.dtype).removeprefix("torch."),
+                "dtype": fitted.dtype,
+                "processes": cfg.distributed.processes,
                 "template": template_name,
                 "template_digest": template_digest,
                 "format": format_name,
@@ -460,7 +596,7 @@ def run_train(
             }
         )
     return run, {
-        "checkpoints": callback.saved,
+        "checkpoints": fitted.checkpoints,
         "losses": losses,
         "eval_losses": eval_losses,
         "trainer": trainer,

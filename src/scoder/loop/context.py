@@ -58,7 +58,7 @@ def synthesis_reads(config: Config) -> dict[str, Any]:
 def training_reads(config: Config) -> dict[str, Any]:
     return {
         "model": model_reads(config.model, generation=False),
-        "train": config.train.model_dump(mode="json"),
+        "train": config.train.identity(),
         "template_digest": SYNTHESIS_TEMPLATES[config.synthesis.template].digest,
         "random_seed": config.random_seed,
     }

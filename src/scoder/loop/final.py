@@ -115,7 +115,7 @@ def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
         code=train.VERSION,
         reads={
             "model": model_reads(model, generation=False),
-            "train": cfg.train.model_dump(mode="json"),
+            "train": cfg.train.identity(),
             "random_seed": config.random_seed,
         },
         after=[dataset],

@@ -347,15 +347,20 @@ def load_causal_lm(
     adapter: Path | None = None,
     trainable: bool = False,
     trust_remote_code: bool = False,
+    attn_implementation: str = "auto",
 ) -> Any:
     """The causal LM behind `ref` on `device` in `dtype` (auto: bf16 on CUDA, fp32 on a CPU), in
-    eval mode, optionally with a LoRA `adapter` attached (its weights trainable or frozen)."""
+    eval mode, optionally with a LoRA `adapter` attached (its weights trainable or frozen).
+    `attn_implementation`: eager, sdpa or flash_attention_2 (auto: transformers' choice)."""
     from transformers import AutoModelForCausalLM
 
     quiet_third_parties()
     where = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(
-        ref.path, dtype=pick_dtype(dtype, where), trust_remote_code=trust_remote_code
+        ref.path,
+        dtype=pick_dtype(dtype, where),
+        trust_remote_code=trust_remote_code,
+        **({} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}),
     ).to(where)
     if adapter is not None:
         from peft import PeftModel
