@@ -6,7 +6,8 @@ import errno
 import functools
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from scoder import decontaminate as decontaminate_stage
-from scoder import display, progress
+from scoder import display, executors, plan, progress
 from scoder.config import Config, ModelConfig, load_config
 from scoder.dataset import push_to_hub
 from scoder.errors import ScoderError
@@ -162,6 +163,13 @@ def _config(
     return cfg
 
 
+@contextmanager
+def _session(cfg: Config, holder: str) -> Iterator[None]:
+    """A stage's hold on its run directory, with its parallel work on the configured executor."""
+    with run_lock(cfg.run_dir, holder), executors.activate(cfg.executor):
+        yield
+
+
 @app.command()
 @friendly_errors
 def seeds(
@@ -182,7 +190,7 @@ def seeds(
     if max_seeds is not None:
         extra.append(f"seeds.max_seeds={max_seeds}")
     cfg = _config(config, set_, out, extra)
-    with run_lock(cfg.run_dir, "scoder seeds"):
+    with _session(cfg, "scoder seeds"):
         run, _ = run_seeds(cfg, force=force)
     display.print_stage_summary(run, "seeds")
     display.print_files(run.stage_dir("seeds"), "kept.jsonl", "dropped.jsonl")
@@ -214,7 +222,7 @@ def synthesize(
         extra.append(f"synthesis.n={n}")
     cfg = _config(config, set_, out, extra)
     adapters = [Path(c.strip()) for c in (checkpoints or "").split(",") if c.strip()]
-    with run_lock(cfg.run_dir, "scoder synthesize"):
+    with _session(cfg, "scoder synthesize"):
         run, result = run_synthesize(cfg, seeds_file, checkpoints=adapters, force=force)
     display.print_stage_summary(run, "synthesize")
     display.print_examples(result.accepted)
@@ -247,7 +255,7 @@ def score(
     """Execute each candidate's tests, judge it on Z aspects, keep the best per seed (RUN/score/)."""
     extra = [f"score.judge.name={judge}"] if judge else []
     cfg = _config(config, set_, out, extra)
-    with run_lock(cfg.run_dir, "scoder score"):
+    with _session(cfg, "scoder score"):
         run, result = run_score(cfg, candidates, fit_labels=fit_weights, force=force)
     display.print_stage_summary(run, "score")
     display.print_score_summary(result.summary)
@@ -290,7 +298,7 @@ def select(
         if not (index.isdigit() and count.isdigit()):
             raise ScoderError(f"--shard expects I/N, e.g. 2/4 (got {shard!r})")
         shard_of = (int(index), int(count))
-    with run_lock(cfg.run_dir, "scoder select"):
+    with _session(cfg, "scoder select"):
         run, _ = run_select(
             cfg, candidates, dp=dp, checkpoints=checkpoint or [], shard=shard_of, force=force
         )
@@ -344,7 +352,7 @@ def train(
     code = task == "code"
     section = "code_model.model" if code else "model"
     cfg = _config(config, set_, out, [f"{section}.name={model}"] if model else [])
-    with run_lock(cfg.run_dir, "scoder train"):
+    with _session(cfg, "scoder train"):
         run, result = run_train(
             cfg,
             data,
@@ -387,7 +395,7 @@ def teacher(
     if source:
         extra.append(f"teacher.source={source}")
     cfg = _config(config, set_, out, extra)
-    with run_lock(cfg.run_dir, "scoder teacher"):
+    with _session(cfg, "scoder teacher"):
         run, _ = run_teacher(cfg, seeds_file, force=force)
     display.print_stage_summary(run, "teacher")
     console.print(
@@ -428,7 +436,7 @@ def decontaminate(
         extra.append("decontaminate.benchmarks=[" + ", ".join(names) + "]")
     cfg = _config(config, set_, out, extra)
     stage = decontaminate_stage.STAGE
-    with run_lock(cfg.run_dir, "scoder decontaminate"):
+    with _session(cfg, "scoder decontaminate"):
         run, _ = decontaminate_stage.decontaminate_file(cfg, input_file, kind, force=force)
     display.print_stage_summary(run, stage)
     display.print_files(run.stage_dir(stage), "kept.jsonl", "dropped.jsonl", "summary.json")
@@ -485,7 +493,7 @@ def eval_(
         raise ScoderError("--samples scores one benchmark: name it with --benchmark")
     for name in names:  # a missing file is reported before a model is loaded
         benchmark_file(cfg, name)
-    with run_lock(cfg.run_dir, "scoder eval"):
+    with _session(cfg, "scoder eval"):
         backend = load_backend(cfg.model) if samples is None else None
         runs = [
             run_eval(cfg, name, samples_path=samples, force=force, backend=backend)
@@ -559,6 +567,24 @@ def run_(
         display.print_plan(cfg)
         return
     _run_loop(cfg, force, push_to_hub)
+
+
+@app.command("plan")
+@friendly_errors
+def plan_(
+    config: Annotated[Path, typer.Argument(help="YAML run config (e.g. configs/paper.yaml).")],
+    set_: SetOpt = None,
+    gpus: Annotated[int, typer.Option(help="GPUs per node.")] = 8,
+    nodes: Annotated[int, typer.Option(help="Nodes.")] = 1,
+    cpus_per_node: Annotated[int | None, typer.Option(help="Default: this machine's.")] = None,
+    tokens_per_sample: Annotated[int, typer.Option(help="Tokens of a training row.")] = 600,
+    completion_tokens: Annotated[int, typer.Option(help="Tokens of an answer.")] = 500,
+    json_: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """The bill before a run: tokens, programs, GPU / CPU hours per stage; loads no model."""
+    cfg, cluster = _config(config, set_, None, log=False), plan.Cluster(gpus, nodes, cpus_per_node)
+    bill = plan.plan_config(cfg, cluster, plan.Tokens(tokens_per_sample, completion_tokens), config)
+    print(bill.model_dump_json(indent=2)) if json_ else plan.show(bill, console)
 
 
 def _run_loop(
