@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,15 @@ def make_candidate(**fields):
         tests="assert f() is None",
     )
     return Candidate(**{**defaults, **fields})
+
+
+@pytest.fixture(scope="session")
+def dp_file(tmp_path_factory):
+    """Six D_p rows of the shipped MBPP-train sample: a training's data."""
+    rows = (resources.files("scoder") / "data" / "dp_mbpp_train.jsonl").read_text().splitlines()[:6]
+    path = tmp_path_factory.mktemp("dp") / "dp.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ steps and checkpoint format as one process, and the checkpoints load back into `
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from scoder.errors import ScoderError
 from scoder.launch import command
 from scoder.select import run_select
 from scoder.train import run_train
-
-
-@pytest.fixture(scope="module")
-def dp_file(tmp_path_factory):
-    rows = (resources.files("scoder") / "data" / "dp_mbpp_train.jsonl").read_text().splitlines()[:6]
-    path = tmp_path_factory.mktemp("dp") / "dp.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def _files(checkpoint):

@@ -102,6 +102,18 @@ def test_more_nodes_and_token_options_change_what_they_should():
     wider = plan_json(str(CONFIGS / "paper.yaml"), "--cpus-per-node", "16", "--nodes", "2")
     assert wider["gpu_hours"] == pytest.approx(base["gpu_hours"])
     assert wider["gpu_wall_hours"] == pytest.approx(base["gpu_wall_hours"] / 2)
+    # the local pool runs the sandbox on one node; Ray spreads it over both
+    assert wider["cpu_wall_hours"] == pytest.approx(base["cpu_wall_hours"])
+    on_ray = plan_json(
+        str(CONFIGS / "paper.yaml"),
+        "--cpus-per-node",
+        "16",
+        "--nodes",
+        "2",
+        "-s",
+        "executor.kind=ray",
+    )
+    assert on_ray["cpu_wall_hours"] == pytest.approx(base["cpu_wall_hours"] / 2)
     shorter = plan_json(str(CONFIGS / "paper.yaml"), "--completion-tokens", "250")
     rows = {r["stage"]: r["work"] for r in shorter["rows"]}
     assert rows["final dataset: generation"] == 60_000 * 4 * 250

@@ -25,14 +25,6 @@ def load_checkpoint(path, model_dir):
     return model, read_checkpoint(path, model)
 
 
-@pytest.fixture(scope="module")
-def dp_file(tmp_path_factory):
-    rows = (resources.files("scoder") / "data" / "dp_mbpp_train.jsonl").read_text().splitlines()[:6]
-    path = tmp_path_factory.mktemp("dp") / "dp.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 def settings(tmp_path, tiny_model_dir, name="run", *extra):
     return [
         f"run_dir={tmp_path / name}",

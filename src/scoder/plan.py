@@ -144,7 +144,8 @@ class Plan(BaseModel):
     gpu_hours: float  # the counted rows, on one GPU
     cpu_hours: float  # the counted rows, CPU core-hours
     gpu_wall_hours: float  # divided over gpus x nodes
-    cpu_wall_hours: float  # divided over cpus_per_node x nodes
+    cpu_wall_hours: float  # divided over the sandbox's cores (every node's with Ray)
+    sandbox_cores: int
     wall_hours: float  # stages run one after another: the two added
     dollars: float | None  # the priced API models
     throughputs: dict[str, dict]  # the figures the rows use, by key
@@ -316,7 +317,9 @@ def plan_config(
         bill.train("enhance (synthesizer on D_p)", dp_train, train, "D_p rows")
         _rounds(bill, dp_train)
     _final(bill)
-    return _total(bill, cluster, tokens, None if name is None else str(name))
+    # the local pool runs programs on one node's cores; Ray spreads them over every node's
+    cores = cluster.cpus_per_node * (cluster.nodes if config.executor.kind == "ray" else 1)
+    return _total(bill, cluster, tokens, None if name is None else str(name), cores)
 
 
 def _rounds(bill: _Bill, dp_train: int) -> None:
@@ -449,13 +452,12 @@ def _final(bill: _Bill) -> None:
         bill.programs(f"eval {b}: sandbox", tasks[b] * ev.n, f"{tasks[b] * ev.n:,} answers", key)
 
 
-def _total(bill: _Bill, cluster: Cluster, tokens: Tokens, name: str | None) -> Plan:
-    assert cluster.cpus_per_node is not None
+def _total(bill: _Bill, cluster: Cluster, tokens: Tokens, name: str | None, cores: int) -> Plan:
     counted = [r for r in bill.rows if r.counted]
     gpu = sum(r.gpu_hours or 0.0 for r in counted)
     cpu = sum(r.cpu_hours or 0.0 for r in counted)
     gpu_wall = gpu / (cluster.gpus * cluster.nodes)
-    cpu_wall = cpu / (cluster.cpus_per_node * cluster.nodes)
+    cpu_wall = cpu / cores
     prices = [r.dollars for r in bill.rows if r.dollars is not None]
     bill.note(
         "counts are upper bounds: every sample is counted as if it parsed, survived "
@@ -464,8 +466,12 @@ def _total(bill: _Bill, cluster: Cluster, tokens: Tokens, name: str | None) -> P
     bill.note("not counted: seed mining, decontamination, held-out D_p loss passes, judge retries")
     bill.note(
         "wall time: stages run one after another; GPU work divided evenly over "
-        f"{cluster.gpus} x {cluster.nodes} GPUs, sandbox work over {cluster.cpus_per_node} x "
-        f"{cluster.nodes} CPU cores"
+        f"{cluster.gpus} x {cluster.nodes} GPUs, sandbox work over {cores} CPU cores"
+        + (
+            ""
+            if cores == cluster.cpus_per_node * cluster.nodes
+            else " (one node's: executor.kind ray spreads it over every node)"
+        )
     )
     used = dict.fromkeys(r.basis for r in bill.rows if r.basis)
     return Plan(
@@ -477,6 +483,7 @@ def _total(bill: _Bill, cluster: Cluster, tokens: Tokens, name: str | None) -> P
         cpu_hours=cpu,
         gpu_wall_hours=gpu_wall,
         cpu_wall_hours=cpu_wall,
+        sandbox_cores=cores,
         wall_hours=gpu_wall + cpu_wall,
         dollars=sum(prices) if prices else None,
         throughputs={key: asdict(THROUGHPUTS[key]) for key in used},
@@ -535,7 +542,7 @@ def show(plan: Plan, console: Console) -> None:
     console.print(
         f"wall time: {_h(plan.gpu_wall_hours)} h of GPU work on "
         f"{_count(c['gpus'] * c['nodes'], 'GPU')} + {_h(plan.cpu_wall_hours)} h of sandbox work on "
-        f"{_count(c['cpus_per_node'] * c['nodes'], 'CPU core')} = {_h(plan.wall_hours)} h",
+        f"{_count(plan.sandbox_cores, 'CPU core')} = {_h(plan.wall_hours)} h",
         soft_wrap=True,
     )
     if plan.dollars is not None:
