@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from test_select import write_inputs
 from test_train import settings
@@ -36,13 +37,22 @@ def test_two_processes_train_the_same_steps_into_the_same_checkpoint_format(
     assert [c["mean_lr"] for c in two["checkpoints"]] == pytest.approx(
         [c["mean_lr"] for c in one["checkpoints"]]
     )
-    assert run.load_manifest()["stages"]["train"]["processes"] == 2
+    stage = run.load_manifest()["stages"]["train"]
+    assert stage["processes"] == 2 and stage["sharding"] == "none"  # DDP: no shards
     for a, b in zip(one["checkpoints"], two["checkpoints"]):
         a_path, b_path = Path(a["path"]), Path(b["path"])
         assert _files(a_path) == _files(b_path)
         ta, tb = load_file(a_path / OPTIMIZER_FILE), load_file(b_path / OPTIMIZER_FILE)
         assert {k: v.shape for k, v in ta.items()} == {k: v.shape for k, v in tb.items()}
         assert all(tb[k].abs().sum() > 0 for k in tb)  # the moments of real steps
+        # the same steps on the same samples: the same numbers up to the all-reduce's rounding
+        for k in ta:
+            torch.testing.assert_close(tb[k], ta[k], rtol=1e-4, atol=1e-7)
+        wa = load_file(a_path / "adapter_model.safetensors")
+        wb = load_file(b_path / "adapter_model.safetensors")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
         ia = json.loads((a_path / CHECKPOINT_INFO).read_text())
         ib = json.loads((b_path / CHECKPOINT_INFO).read_text())
         assert ia.keys() == ib.keys() and ia["step"] == ib["step"]
@@ -62,7 +72,10 @@ def test_two_processes_train_the_same_steps_into_the_same_checkpoint_format(
     assert len(selected[1].kept) == 2
 
 
-def test_a_failed_distributed_training_is_one_clear_error(tmp_path, tiny_model_dir, dp_file):
+def test_a_strategy_that_cannot_run_here_fails_clearly_instead_of_running_another(
+    tmp_path, tiny_model_dir, dp_file
+):
+    # accelerate runs FSDP only on accelerators: on CPU it would quietly train plain DDP
     cfg = load_config(
         None,
         settings(
@@ -70,10 +83,13 @@ def test_a_failed_distributed_training_is_one_clear_error(tmp_path, tiny_model_d
             tiny_model_dir,
             "bad",
             "train.distributed.processes=2",
-            "train.lora_targets=[no_such_module]",
+            "train.distributed.strategy=fsdp",
         ),
     )
-    with pytest.raises(ScoderError, match="distributed training failed .* log is"):
+    with pytest.raises(
+        ScoderError,
+        match="distributed training failed .*: train.distributed.strategy=fsdp, but .*use strategy ddp on CPU; its log",
+    ):
         run_train(cfg, dp_file)
 
 

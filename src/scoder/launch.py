@@ -73,15 +73,17 @@ def command(dist: DistributedConfig, job: Path) -> list[str]:
 def run(dist: DistributedConfig, job: Path, log: Path) -> None:
     """Start the processes and wait for them; their output goes to `log`."""
     cmd = command(dist, job)
+    for stale in job.parent.glob("error-rank-*.txt"):
+        stale.unlink()
     LOG.info("training on %d processes: %s", dist.processes, " ".join(cmd))
     with log.open("ab") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     if code != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        raise ScoderError(
-            f"the distributed training failed (exit {code}); its log is {log}:\n  "
-            + "\n  ".join(tail)
-        )
+        errors = sorted(job.parent.glob("error-rank-*.txt"))
+        said = errors[0].read_text(errors="replace") if errors else None
+        if said is None:  # died without a word (killed, out of memory): the log's end
+            said = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-15:])
+        raise ScoderError(f"the distributed training failed (exit {code}): {said}; its log: {log}")
 
 
 def _port() -> int:

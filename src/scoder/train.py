@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from scoder import launch
-from scoder.checkpoints import CHECKPOINT_INFO, adam_moments, save_checkpoint
+from scoder.checkpoints import CHECKPOINT_INFO, Sharding, adam_moments, save_checkpoint
 from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
 from scoder.influence import Example
@@ -210,13 +210,7 @@ def _checkpoint_callback(out: Path, save_every_steps: int | None) -> Any:
                 return
             trainer = self.trainer
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
-            sharding = (
-                "deepspeed"
-                if trainer.is_deepspeed_enabled
-                else "fsdp"
-                if trainer.is_fsdp_enabled
-                else "none"
-            )
+            sharding = _sharding(trainer)
             # sharded: every process takes part in gathering, the first one writes
             wrapped = trainer.model_wrapped if sharding == "fsdp" else model
             moments = adam_moments(wrapped, optimizer, sharding)
@@ -367,6 +361,10 @@ class Fit(BaseModel):
     resumed_at_step: int | None
     dtype: str
     merged_model: Path | None
+    sharding: str = (
+        "none"  # what the trainer really did: none (one process or DDP), fsdp, deepspeed
+    )
+    processes: int = 1
 
 
 def fit(
@@ -408,6 +406,7 @@ def fit(
         train_cfg=cfg,
     )
     callback.trainer = trainer
+    _check_sharding(trainer, cfg)
     eval_losses = [trainer.evaluate()["eval_loss"]] if eval_examples else []
     # a cut-short attempt of this same training (same fingerprint) left the trainer's
     # checkpoint: continue from it
@@ -443,8 +442,33 @@ def fit(
         resumed_at_step=resume[1] if resume else None,
         dtype=str(network.dtype).removeprefix("torch."),
         merged_model=merged,
+        sharding=_sharding(trainer),
+        processes=trainer.args.world_size,
     )
     return fitted, trainer
+
+
+def _sharding(trainer: Any) -> Sharding:
+    if trainer.is_deepspeed_enabled:
+        return "deepspeed"
+    return "fsdp" if trainer.is_fsdp_enabled else "none"
+
+
+def _check_sharding(trainer: Any, cfg: TrainConfig) -> None:
+    """accelerate quietly trains without FSDP where it has no accelerator (a CPU): say so
+    instead of running another strategy than the one asked for."""
+    dist = cfg.distributed
+    wanted = {"ddp": "none", "fsdp": "fsdp", "zero2": "deepspeed", "zero3": "deepspeed"}
+    if (
+        dist.accelerate_config is None
+        and dist.processes > 1
+        and _sharding(trainer) != wanted[dist.strategy]
+    ):
+        raise ScoderError(
+            f"train.distributed.strategy={dist.strategy}, but the trainer runs "
+            f"{_sharding(trainer)!r} sharding here: accelerate shards (FSDP, DeepSpeed) only "
+            "on GPUs or other accelerators; use strategy ddp on CPU"
+        )
 
 
 def fit_elsewhere(job: FitJob) -> Fit:
@@ -587,7 +611,8 @@ def run_train(
                 "last_loss": losses[-1] if losses else None,
                 "eval_losses": eval_losses,
                 "dtype": fitted.dtype,
-                "processes": cfg.distributed.processes,
+                "processes": fitted.processes,
+                "sharding": fitted.sharding,
                 "template": template_name,
                 "template_digest": template_digest,
                 "format": format_name,
