@@ -361,6 +361,32 @@ def test_a_downstream_change_reruns_only_the_final_steps_of_a_moved_run(
     assert sorted(r["sample_index"] for r in sampled) == [0, 0, 0, 1, 1, 1]
 
 
+def test_a_local_run_moved_to_ray_reuses_every_step_and_reruns_the_same_bytes(
+    tmp_path, uninterrupted
+):
+    """Where work runs is no part of what it is: with executor.kind ray a finished local run
+    reuses every step; after a change, the final steps re-run on Ray (the sandbox as Ray tasks)
+    and write what the same re-run writes locally, byte for byte."""
+    pytest.importorskip("ray")
+    original = yaml.safe_load((uninterrupted.parent / "config.yaml").read_text())
+
+    def config_for(run: Path, **sections) -> Path:
+        path = tmp_path / f"{run.name}.yaml"
+        path.write_text(yaml.safe_dump({**original, "run_dir": str(run), **sections}))
+        return path
+
+    on_ray = {"executor": {"kind": "ray", "num_cpus": 2}}
+    moved = config_for(copy_run(uninterrupted, tmp_path / "ray"), **on_ray)
+    assert {action for action, _ in planned(moved).values()} == {"reuse"}
+    more = {"final": {**original["final"], "samples": 3}}
+    finish(scoder_run(config_for(tmp_path / "ray", **on_ray, **more)))
+    finish(scoder_run(config_for(copy_run(uninterrupted, tmp_path / "local"), **more)))
+    assert "parallel stages run on Ray" in (tmp_path / "ray" / "log.txt").read_text()
+    for made in ("final/dataset.jsonl", "final/score/kept.jsonl", "final/score/dropped.jsonl"):
+        assert (tmp_path / "ray" / made).read_bytes() == (tmp_path / "local" / made).read_bytes()
+    assert lines(tmp_path / "ray" / "final/dataset.jsonl")
+
+
 def test_the_dry_run_command_prints_the_plan_as_given_and_writes_nothing(tmp_path, uninterrupted):
     """`scoder run --dry-run` after a change: each step's action and why, bracketed values
     printed as they are (never read as markup), and not a byte written to the run directory."""

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from scoder.config_scale import ExecutorConfig
 from scoder.errors import ScoderError
+from scoder.progress import LOG
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,6 +72,7 @@ class RayExecutor:
         self.cpus = int(resources.get("CPU", 1))
         self.gpus = int(resources.get("GPU", 0))
         self.nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        LOG.info("parallel stages run on Ray: %s", self.describe())
 
     def map(
         self,
