@@ -15,6 +15,8 @@ from test_select import train_checkpoints, write_inputs
 from scoder import executors
 from scoder.config import ExecutorConfig, load_config
 from scoder.errors import ScoderError
+from scoder.models import SamplingParams, TransformersBackend, load_backend, resolve_model
+from scoder.models.ray_backend import RayGenerationBackend
 from scoder.sandbox import run_many
 from scoder.select import run_select
 
@@ -32,7 +34,8 @@ def test_an_unreachable_cluster_is_one_clear_error():
 
 @pytest.fixture(scope="module")
 def cluster():
-    with executors.activate(ExecutorConfig(kind="ray", num_cpus=2)) as executor:
+    config = ExecutorConfig(kind="ray", num_cpus=2, generation_actors=2)
+    with executors.activate(config) as executor:
         yield executor
 
 
@@ -126,3 +129,57 @@ def test_executor_config_is_checked():
     with pytest.raises(ScoderError, match="executor.kind"):
         load_config(None, ["executor.kind=slurm"])
     assert load_config(None, []).executor.kind == "local"
+
+
+CHATS = [
+    [{"role": "user", "content": f"Write a function that adds {i} to x."}] for i in range(5)
+] + [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "def"}]]
+
+
+def _texts(outputs):
+    return [[c.text for c in row] for row in outputs]
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ray::GenerationActor" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_in_process_generation_on_actors_equals_one_process(cluster, tiny_model_dir, adapter_dir):
+    model = load_config(
+        None, [f"model.name={tiny_model_dir}", "model.device=cpu", "model.batch_size=2"]
+    ).model
+    here = TransformersBackend(resolve_model(str(tiny_model_dir)), device="cpu", batch_size=2)
+    on_ray = load_backend(model)
+    assert isinstance(on_ray, RayGenerationBackend) and on_ray.describe()["ray_actors"] == 2
+    assert on_ray.describe()["digest"] == here.describe()["digest"]  # the same identity
+    sampled = SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.95, seed=3)
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0, seed=0)
+    for params in (sampled, greedy):  # 12 rows in 6 batches of 2, 3 to each actor
+        assert _texts(on_ray.generate(CHATS, 2, params)) == _texts(here.generate(CHATS, 2, params))
+    for backend in (here, on_ray):
+        backend.load_adapters({"tuned": adapter_dir})
+    with here.adapter("tuned"):
+        expected = _texts(here.generate(CHATS, 1, sampled))
+    with on_ray.adapter("tuned"):
+        assert _texts(on_ray.generate(CHATS, 1, sampled)) == expected
+    steps = [("Score: ", [str(d) for d in range(10)])]
+    with here.adapter(None), on_ray.adapter(None):  # the base model again, on both
+        ours = on_ray.choice_probabilities(CHATS, steps)
+        theirs = here.choice_probabilities(CHATS, steps)
+    assert [[sorted(s) for s in row] for row in ours] == [
+        [sorted(s) for s in row] for row in theirs
+    ]
+    for row_a, row_b in zip(ours, theirs):
+        for a, b in zip(row_a, row_b):
+            assert a == pytest.approx(b, abs=1e-6)
+    # an actor killed between calls is restarted (its adapter loaded again): the same rows
+    os.kill(_actor_pids()[0], signal.SIGKILL)
+    with on_ray.adapter("tuned"):
+        assert _texts(on_ray.generate(CHATS, 1, sampled)) == expected

@@ -365,8 +365,8 @@ def test_a_local_run_moved_to_ray_reuses_every_step_and_reruns_the_same_bytes(
     tmp_path, uninterrupted
 ):
     """Where work runs is no part of what it is: with executor.kind ray a finished local run
-    reuses every step; after a change, the final steps re-run on Ray (the sandbox as Ray tasks)
-    and write what the same re-run writes locally, byte for byte."""
+    reuses every step; after a change, the final steps re-run on Ray (sampling and judging in
+    actors, the sandbox as tasks) and write what the same re-run writes locally, byte for byte."""
     pytest.importorskip("ray")
     original = yaml.safe_load((uninterrupted.parent / "config.yaml").read_text())
 
@@ -375,13 +375,18 @@ def test_a_local_run_moved_to_ray_reuses_every_step_and_reruns_the_same_bytes(
         path.write_text(yaml.safe_dump({**original, "run_dir": str(run), **sections}))
         return path
 
-    on_ray = {"executor": {"kind": "ray", "num_cpus": 2}}
+    # the sandbox as Ray tasks, the synthesizer and the judge in two Ray actors
+    on_ray = {"executor": {"kind": "ray", "num_cpus": 2, "generation_actors": 2}}
     moved = config_for(copy_run(uninterrupted, tmp_path / "ray"), **on_ray)
     assert {action for action, _ in planned(moved).values()} == {"reuse"}
     more = {"final": {**original["final"], "samples": 3}}
     finish(scoder_run(config_for(tmp_path / "ray", **on_ray, **more)))
     finish(scoder_run(config_for(copy_run(uninterrupted, tmp_path / "local"), **more)))
     assert "parallel stages run on Ray" in (tmp_path / "ray" / "log.txt").read_text()
+    stages = json.loads((tmp_path / "ray" / "final" / "manifest.json").read_text())["stages"]
+    assert (
+        stages["synthesize"]["model"]["ray_actors"] == stages["score"]["judge"]["ray_actors"] == 2
+    )
     for made in ("final/dataset.jsonl", "final/score/kept.jsonl", "final/score/dropped.jsonl"):
         assert (tmp_path / "ray" / made).read_bytes() == (tmp_path / "local" / made).read_bytes()
     assert lines(tmp_path / "ray" / "final/dataset.jsonl")

@@ -48,6 +48,12 @@ class ExecutorConfig(_Section):
     num_cpus: int | None = Field(
         default=None, ge=1, description="ray, local cluster: CPUs it may use (none: all)."
     )
+    generation_actors: int | None = Field(
+        default=None,
+        ge=0,
+        description="ray: in-process generation (backend transformers) as this many actors, "
+        "each a copy of the model; none = one per GPU of the cluster (none without GPUs); 0 = here.",
+    )
     max_retries: int = Field(
         default=3, ge=0, description="ray: times a task whose worker died is run again."
     )

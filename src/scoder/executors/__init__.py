@@ -30,6 +30,8 @@ R = TypeVar("R")
 class Executor(Protocol):
     kind: str
     cpus: int  # CPUs it can run tasks on, all nodes together
+    gpus: int
+    generation_actors: int  # in-process generation: this many actors (0: here)
 
     def map(
         self,
@@ -42,6 +44,14 @@ class Executor(Protocol):
     ) -> list[R]:
         """`fn(shard)` for every shard, as tasks; results in shard order. A task whose worker
         died is run again (so `fn` must be safe to repeat); `on_done(i)` as shard i finishes."""
+        ...
+
+    def actors(self, cls: type, count: int, *args: Any, num_gpus: float = 0) -> list[Any]:
+        """`count` long-lived workers of `cls(*args)` (restarted if their process dies)."""
+        ...
+
+    def call(self, refs: Sequence[Any]) -> list[Any]:
+        """The results of calls made on actors (`actor.method.remote(...)`), in order."""
         ...
 
     def describe(self) -> dict[str, Any]: ...

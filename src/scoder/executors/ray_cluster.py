@@ -72,6 +72,8 @@ class RayExecutor:
         self.cpus = int(resources.get("CPU", 1))
         self.gpus = int(resources.get("GPU", 0))
         self.nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        wanted = config.generation_actors
+        self.generation_actors = self.gpus if wanted is None else wanted
         LOG.info("parallel stages run on Ray: %s", self.describe())
 
     def map(
@@ -104,13 +106,34 @@ class RayExecutor:
             raise
         return results
 
+    def actors(self, cls: type, count: int, *args: Any, num_gpus: float = 0) -> list[Any]:
+        """`count` actors of `cls(*args)`; one whose process dies is restarted and its call run
+        again. They take no CPU of the cluster's (tasks of other stages are not kept waiting):
+        a GPU each when `num_gpus`, else they share the CPUs while they work."""
+        ray = self._ray
+        make = ray.remote(
+            num_cpus=0,
+            num_gpus=num_gpus,
+            max_restarts=self.config.max_retries,
+            max_task_retries=self.config.max_retries,
+        )(cls)
+        return [make.remote(*args) for _ in range(count)]
+
+    def call(self, refs: Sequence[Any]) -> list[Any]:
+        """The results of actor calls, in order (their errors raised as here)."""
+        return [self._result(ref, self.call) for ref in refs]
+
     def _result(self, ref: Any, fn: Callable) -> Any:
         ray = self._ray
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None  # the task's own error, as if run here
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+        except (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ActorDiedError,
+        ) as exc:
             raise ScoderError(
                 f"a Ray worker running {fn.__name__} died {self.config.max_retries + 1} times "
                 f"({type(exc).__name__}); what the stage finished is kept, run again to resume"

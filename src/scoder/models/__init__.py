@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from scoder import executors
 from scoder.config import ModelConfig
 from scoder.models.base import Chat, Completion, GenerationBackend, SamplingParams
 from scoder.models.hf import TransformersBackend
@@ -19,9 +20,15 @@ from scoder.models.loading import (
     weights_digest,
 )
 from scoder.models.openai_backend import OpenAIBackend
+from scoder.models.ray_backend import RayGenerationBackend
 
 
 def _transformers_backend(cfg: ModelConfig, plain_transcript: bool = False) -> GenerationBackend:
+    executor = executors.current()
+    if executor is not None and executor.generation_actors:
+        return RayGenerationBackend(
+            executor, cfg, actors=executor.generation_actors, plain_transcript=plain_transcript
+        )
     return TransformersBackend(
         resolve_model(cfg.name, revision=cfg.revision),
         device=cfg.device,

@@ -38,6 +38,7 @@ def choice_probabilities(
     steps: Sequence[tuple[str, Sequence[str]]],
     *,
     batch_size: int = 16,
+    share: tuple[int, int] = (0, 1),
 ) -> list[list[dict[str, float]]]:
     """For each prompt (token ids, ending where the answer goes on), the probabilities of each
     step's choices, renormalised over them, after the prompt and every step's text so far (with
@@ -58,6 +59,8 @@ def choice_probabilities(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
+            if (start // batch_size) % share[1] != share[0]:
+                continue  # another process's batch (`share`: the k-th of every m; [] here)
             rows = order[start : start + batch_size]
             first = [list(prompts[i]) + step_ids[0] for i in rows]
             width = max(len(r) for r in first)

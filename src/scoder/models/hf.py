@@ -70,10 +70,19 @@ class TransformersBackend:
         )
 
     def choice_probabilities(
-        self, chats: Sequence[Chat], steps: Sequence[tuple[str, Sequence[str]]]
+        self,
+        chats: Sequence[Chat],
+        steps: Sequence[tuple[str, Sequence[str]]],
+        *,
+        share: tuple[int, int] = (0, 1),
     ) -> list[list[dict[str, float]]]:
         return choice_probabilities(
-            self.model, self.tokenizer, self.encode(chats), steps, batch_size=self.batch_size
+            self.model,
+            self.tokenizer,
+            self.encode(chats),
+            steps,
+            batch_size=self.batch_size,
+            share=share,
         )
 
     def use_request_log(self, path: Path) -> None:
@@ -199,13 +208,15 @@ class TransformersBackend:
         params: SamplingParams,
         *,
         rendering: Sequence[tuple[bool, bool]] | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> list[list[Completion]]:
         """`rendering`: per chat, vLLM's (continue_final_message, add_generation_prompt) flags
-        (scoder serve's requests); None: the Protocol's rule (see `render`)."""
+        (scoder serve's requests); None: the Protocol's rule (see `render`). `share`: only this
+        process's share of the batches (see `_generate`)."""
         import torch
 
         with torch.inference_mode():
-            return self._generate(chats, n, params, rendering)
+            return self._generate(chats, n, params, rendering, share=share)
 
     def _generate(
         self,
@@ -213,7 +224,12 @@ class TransformersBackend:
         n: int,
         params: SamplingParams,
         rendering: Sequence[tuple[bool, bool]] | None = None,
+        *,
+        share: tuple[int, int] = (0, 1),
     ) -> list[list[Completion]]:
+        """Every (chat, sample) row, or with `share=(k, m)` only the rows of every m-th batch from
+        the k-th (None elsewhere): m processes that each take a share make the very batches, seeds
+        and shared prefix one process makes, so their rows together equal its."""
         prompts = self.encode(chats, rendering)
         shared = self._shared_prefix(prompts)
         # Each (prompt, sample) is one row; rows of similar length share a batch to waste
@@ -224,8 +240,10 @@ class TransformersBackend:
         )
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         batches = [jobs[k : k + self.batch_size] for k in range(0, len(jobs), self.batch_size)]
-        bar = tqdm(total=len(jobs), desc="generating", unit="seq", disable=not sys.stderr.isatty())
-        for batch_index, batch in enumerate(batches):
+        mine = [(b, batch) for b, batch in enumerate(batches) if b % share[1] == share[0]]
+        total = sum(len(batch) for _, batch in mine)
+        bar = tqdm(total=total, desc="generating", unit="seq", disable=not sys.stderr.isatty())
+        for batch_index, batch in mine:
             rows = [prompts[i] for i, _ in batch]
             for (i, j), completion in zip(
                 batch, self._generate_batch(rows, params, batch_index, shared)
