@@ -62,12 +62,12 @@ def test_sandbox_on_ray_equals_the_local_pool(cluster):
     assert all(f"odd {i}" in r.detail for i, r in enumerate(on_ray) if i % 2)
 
 
-def _shard_workers() -> list[int]:
-    """Pids of Ray workers running a sandbox shard now (Ray titles a busy worker by its task)."""
+def _pids_running(title: bytes) -> list[int]:
+    """Pids of Ray workers busy with `title` now (Ray titles a worker by its task or actor)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"ray::_run_shard" in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and title in (entry / "cmdline").read_bytes():
                 pids.append(int(entry.name))
         except OSError:
             continue
@@ -81,7 +81,7 @@ def test_a_worker_killed_mid_shard_is_retried_without_duplicates_or_gaps(cluster
     runner.start()
     killed, deadline = None, time.time() + 60
     while killed is None and time.time() < deadline:
-        busy = _shard_workers()
+        busy = _pids_running(b"ray::_run_shard")
         if busy:
             os.kill(busy[0], signal.SIGKILL)
             killed = busy[0]
@@ -140,17 +140,6 @@ def _texts(outputs):
     return [[c.text for c in row] for row in outputs]
 
 
-def _actor_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"ray::GenerationActor" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_in_process_generation_on_actors_equals_one_process(cluster, tiny_model_dir, adapter_dir):
     model = load_config(
         None, [f"model.name={tiny_model_dir}", "model.device=cpu", "model.batch_size=2"]
@@ -180,6 +169,6 @@ def test_in_process_generation_on_actors_equals_one_process(cluster, tiny_model_
         for a, b in zip(row_a, row_b):
             assert a == pytest.approx(b, abs=1e-6)
     # an actor killed between calls is restarted (its adapter loaded again): the same rows
-    os.kill(_actor_pids()[0], signal.SIGKILL)
+    os.kill(_pids_running(b"ray::GenerationActor")[0], signal.SIGKILL)
     with on_ray.adapter("tuned"):
         assert _texts(on_ray.generate(CHATS, 1, sampled)) == expected

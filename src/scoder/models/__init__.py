@@ -29,14 +29,7 @@ def _transformers_backend(cfg: ModelConfig, plain_transcript: bool = False) -> G
         return RayGenerationBackend(
             executor, cfg, actors=executor.generation_actors, plain_transcript=plain_transcript
         )
-    return TransformersBackend(
-        resolve_model(cfg.name, revision=cfg.revision),
-        device=cfg.device,
-        dtype=cfg.dtype,
-        batch_size=cfg.batch_size,
-        trust_remote_code=cfg.trust_remote_code,
-        plain_transcript=plain_transcript,
-    )
+    return TransformersBackend.from_config(cfg, plain_transcript=plain_transcript)
 
 
 def _openai_backend(cfg: ModelConfig, plain_transcript: bool = False) -> GenerationBackend:

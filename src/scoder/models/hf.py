@@ -12,10 +12,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from scoder.config import ModelConfig
 from scoder.errors import ScoderError
 from scoder.models.base import Capabilities, Chat, Completion, SamplingParams, TokenLogprob
 from scoder.models.choices import choice_probabilities
-from scoder.models.loading import ModelRef, load_causal_lm, load_tokenizer
+from scoder.models.loading import ModelRef, load_causal_lm, load_tokenizer, resolve_model
 from scoder.templates import render_plain
 
 # One decoding step costs about the same at batch 1 and batch 16 on a CPU (weight reads dominate),
@@ -58,6 +59,20 @@ class TransformersBackend:
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self.eos_ids = self._eos_ids()
         self._token_texts: dict[int, str] = {}
+
+    @classmethod
+    def from_config(
+        cls, cfg: ModelConfig, *, plain_transcript: bool = False
+    ) -> TransformersBackend:
+        """The model `cfg` describes, loaded here."""
+        return cls(
+            resolve_model(cfg.name, revision=cfg.revision),
+            device=cfg.device,
+            dtype=cfg.dtype,
+            batch_size=cfg.batch_size,
+            trust_remote_code=cfg.trust_remote_code,
+            plain_transcript=plain_transcript,
+        )
 
     def capabilities(self) -> Capabilities:
         return Capabilities(

@@ -23,21 +23,13 @@ from scoder.errors import ScoderError
 from scoder.executors import Executor
 from scoder.models.base import Capabilities, Chat, Completion, SamplingParams
 from scoder.models.hf import TransformersBackend
-from scoder.models.loading import resolve_model
 
 
 class GenerationActor:
     """One in-process backend, living in a Ray actor."""
 
     def __init__(self, cfg: ModelConfig, plain_transcript: bool):
-        self.backend = TransformersBackend(
-            resolve_model(cfg.name, revision=cfg.revision),
-            device=cfg.device,
-            dtype=cfg.dtype,
-            batch_size=cfg.batch_size,
-            trust_remote_code=cfg.trust_remote_code,
-            plain_transcript=plain_transcript,
-        )
+        self.backend = TransformersBackend.from_config(cfg, plain_transcript=plain_transcript)
 
     def info(self) -> tuple[dict[str, Any], bool, Capabilities]:
         b = self.backend
