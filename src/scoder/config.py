@@ -12,10 +12,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from scoder.config_messages import format_validation_error
-from scoder.config_scale import TRAIN_HOW_NOT_WHAT, DistributedConfig, ExecutorConfig
+from scoder.config_scale import TRAIN_HOW_NOT_WHAT, DistributedConfig, ExecutorConfig, Section
 from scoder.errors import ScoderError
 from scoder.templates import EVAL_TEMPLATES, JUDGE_TEMPLATES, SYNTHESIS_TEMPLATES
 
@@ -29,17 +29,13 @@ class ConfigError(ScoderError):
     pass
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 def _known_template(value: str, registry: dict[str, Any]) -> str:
     if value not in registry:
         raise ValueError(f"unknown template {value!r}; allowed: {sorted(registry)}")
     return value
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Which model generates, and how it runs."""
 
     name: str | None = Field(
@@ -141,7 +137,7 @@ class ModelConfig(_Section):
         return value
 
 
-class SeedsConfig(_Section):
+class SeedsConfig(Section):
     """Where seed code snippets come from and which ones are kept."""
 
     source: str = Field(
@@ -166,7 +162,7 @@ class SeedsConfig(_Section):
     )
 
 
-class SynthesisConfig(_Section):
+class SynthesisConfig(Section):
     """OSS-Instruct-style synthesis: snippet -> problem, solution, tests."""
 
     template: str = "oss-instruct-v1"
@@ -190,7 +186,7 @@ class SynthesisConfig(_Section):
         return _known_template(value, SYNTHESIS_TEMPLATES)
 
 
-class SandboxConfig(_Section):
+class SandboxConfig(Section):
     """Limits for executing model-written code (see scoder.sandbox)."""
 
     isolation: Literal["auto", "bwrap", "unshare", "rlimits"] = Field(
@@ -203,7 +199,7 @@ class SandboxConfig(_Section):
     )
 
 
-class Aspect(_Section):
+class Aspect(Section):
     """One thing the judge rates, 0-9."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
@@ -219,7 +215,7 @@ DEFAULT_ASPECTS = [
 ]
 
 
-class ScoreConfig(_Section):
+class ScoreConfig(Section):
     """Verification by execution, multi-aspect judging, weights, best candidate per seed."""
 
     judge: ModelConfig = Field(
@@ -276,7 +272,7 @@ class ScoreConfig(_Section):
         return self
 
 
-class TeacherConfig(_Section):
+class TeacherConfig(Section):
     """How D_p (the superior samples) is made: generated, imported, or derived."""
 
     route: Literal["generate", "import", "derive"] = Field(
@@ -308,7 +304,7 @@ class TeacherConfig(_Section):
     license: str | None = Field(default=None, description="Recorded with every sample.")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Supervised fine-tuning (TRL SFTTrainer) of the synthesizer or the code model."""
 
     limit: int | None = Field(default=None, ge=1)
@@ -357,7 +353,7 @@ class TrainConfig(_Section):
         return self.model_dump(mode="json", exclude=TRAIN_HOW_NOT_WHAT)
 
 
-class SelectConfig(_Section):
+class SelectConfig(Section):
     """Gradient-based influence against D_p (LESS), and the top-k selection (with baselines)."""
 
     k: int | None = Field(default=None, ge=1, description="Keep this many (else `fraction`).")
@@ -399,7 +395,7 @@ class SelectConfig(_Section):
     )
 
 
-class BenchmarkFilesConfig(_Section):
+class BenchmarkFilesConfig(Section):
     """Where the evaluation benchmarks are (used by eval and decontaminate)."""
 
     humaneval: Path | None = Field(
@@ -409,7 +405,7 @@ class BenchmarkFilesConfig(_Section):
     mbpp: Path | None = Field(default=None, description="Original MBPP JSONL (test split used).")
 
 
-class DecontaminateConfig(_Section):
+class DecontaminateConfig(Section):
     """Benchmark overlap (substring, word n-grams) and near-duplicate (MinHash) removal."""
 
     benchmarks: list[BenchmarkName] | None = Field(
@@ -442,7 +438,7 @@ class DecontaminateConfig(_Section):
     shingle: int = Field(default=5, ge=1, description="Words per shingle of the MinHash.")
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """`scoder eval`: HumanEval / MBPP+ / MBPP by execution, pass@k."""
 
     benchmarks: list[BenchmarkName] = Field(
@@ -498,7 +494,7 @@ class EvalConfig(_Section):
         return value
 
 
-class LoopConfig(_Section):
+class LoopConfig(Section):
     """`scoder run`: enhance on D_p, then T self-distillation rounds (paper defaults unknown where
     marked; these are ours)."""
 
@@ -556,7 +552,7 @@ class LoopConfig(_Section):
         return self
 
 
-class FinalConfig(_Section):
+class FinalConfig(Section):
     """The last synthesizer writes the dataset; optionally a code model is tuned and evaluated."""
 
     samples: int = Field(default=1024, ge=0, description="K: fresh seeds for the final dataset.")
@@ -568,7 +564,7 @@ class FinalConfig(_Section):
     license: str | None = Field(default=None, description="Dataset license for the data card.")
 
 
-class CodeModelConfig(_Section):
+class CodeModelConfig(Section):
     """The code model tuned on the final dataset (the paper's SCoder), and its evaluation."""
 
     enabled: bool = Field(default=False, description="Fine-tune a code model on the dataset.")
@@ -599,7 +595,7 @@ class CodeModelConfig(_Section):
         return self
 
 
-class Config(_Section):
+class Config(Section):
     """One run of scoder."""
 
     run_dir: Path = Path("runs/default")

@@ -10,11 +10,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, and so are bad values set later."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DistributedConfig(_Section):
+class DistributedConfig(Section):
     """Training on several processes (one per GPU; CPU processes over gloo), launched by scoder
     (torchrun, or `accelerate launch` with a config file of yours). The global batch stays
     train.batch_size x grad_accum, split over the processes, so the steps are the same."""
@@ -34,7 +36,7 @@ class DistributedConfig(_Section):
 TRAIN_HOW_NOT_WHAT = {"gradient_checkpointing", "attn_implementation", "distributed"}
 
 
-class ExecutorConfig(_Section):
+class ExecutorConfig(Section):
     """Where the parallel stages run: here, or as Ray tasks (`pip install 'scoder[ray]'`): sandbox
     execution over the cluster's CPUs, gradient features one task per GPU. Not part of any
     step's identity: the outputs are the same either way."""

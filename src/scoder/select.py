@@ -234,14 +234,16 @@ def compute_influence(
     dp_examples = training_examples(read_jsonl(dp_path), tokenizer, config, str(dp_path))
     max_length = config.select.max_length or config.train.max_length
     executor = executors.current()
+    pad = tokenizer.pad_token_id
     if executor is not None:
-        _features_on(executor, config, run.path, checkpoints, cand_examples, dp_examples)
+        _features_on(executor, config, run.path, checkpoints, cand_examples, dp_examples, pad)
     cand_feats, dp_feats, lrs, info, reused = checkpoint_features(
         config,
         run.path,
         checkpoints,
         cand_examples,
         dp_examples,
+        pad_token_id=pad,
         tag=shard_tag,
         # with workers, their features are all in the store: here only checkpoints are read
         device="cpu" if executor is not None else config.model.device,
@@ -261,6 +263,7 @@ def checkpoint_features(
     cand_examples: list[Example],
     dp_examples: list[Example],
     *,
+    pad_token_id: int | None,
     tag: str = "part",
     device: str = "auto",
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[float], list[dict[str, Any]], int]:
@@ -282,7 +285,7 @@ def checkpoint_features(
         batch_tokens=cfg.batch_tokens,
         loss_chunk_tokens=cfg.loss_chunk_tokens,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        pad_token_id=load_tokenizer(ref).pad_token_id,
+        pad_token_id=pad_token_id,
     )
     cand_feats, dp_feats, lrs, info, reused = [], [], [], [], 0
     model = load_causal_lm(ref, device=device, dtype=config.model.dtype)
@@ -348,13 +351,20 @@ class _FeatureShard:
     checkpoints: list[Path]
     candidates: list[Example]
     dp: list[Example]
+    pad_token_id: int | None
 
 
 def _feature_shard(job: _FeatureShard) -> int:
     """A worker's share: its examples' features at every checkpoint, saved as parts in the run's
     shared store (content-addressed, so shards never write the same file)."""
     return checkpoint_features(
-        job.config, job.root, job.checkpoints, job.candidates, job.dp, tag="worker"
+        job.config,
+        job.root,
+        job.checkpoints,
+        job.candidates,
+        job.dp,
+        pad_token_id=job.pad_token_id,
+        tag="worker",
     )[-1]
 
 
@@ -365,13 +375,19 @@ def _features_on(
     checkpoints: Sequence[Path],
     cand_examples: list[Example],
     dp_examples: list[Example],
+    pad_token_id: int | None,
 ) -> None:
     """Split the examples over one task per GPU of the cluster (per CPU without GPUs); each
     loads the base model once and goes through every checkpoint, as the local path does."""
     workers = executor.gpus or executor.cpus
     jobs = [
         _FeatureShard(
-            config, root, list(checkpoints), cand_examples[i::workers], dp_examples[i::workers]
+            config,
+            root,
+            list(checkpoints),
+            cand_examples[i::workers],
+            dp_examples[i::workers],
+            pad_token_id,
         )
         for i in range(workers)
         if cand_examples[i::workers] or dp_examples[i::workers]

@@ -97,7 +97,7 @@ class RayExecutor:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
-                    results[where[ref]] = self._result(ref, fn)
+                    results[where[ref]] = self._result(ref, fn.__name__)
                     if on_done is not None:
                         on_done(where[ref])
         except BaseException:
@@ -121,9 +121,9 @@ class RayExecutor:
 
     def call(self, refs: Sequence[Any]) -> list[Any]:
         """The results of actor calls, in order (their errors raised as here)."""
-        return [self._result(ref, self.call) for ref in refs]
+        return [self._result(ref, "an actor call") for ref in refs]
 
-    def _result(self, ref: Any, fn: Callable) -> Any:
+    def _result(self, ref: Any, what: str) -> Any:
         ray = self._ray
         try:
             return ray.get(ref)
@@ -135,7 +135,7 @@ class RayExecutor:
             ray.exceptions.ActorDiedError,
         ) as exc:
             raise ScoderError(
-                f"a Ray worker running {fn.__name__} died {self.config.max_retries + 1} times "
+                f"a Ray worker running {what} died {self.config.max_retries + 1} times "
                 f"({type(exc).__name__}); what the stage finished is kept, run again to resume"
             ) from None
 
@@ -146,6 +146,7 @@ class RayExecutor:
             "cpus": self.cpus,
             "gpus": self.gpus,
             "nodes": self.nodes,
+            "generation_actors": self.generation_actors,
         }
 
     def close(self) -> None:
