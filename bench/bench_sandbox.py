@@ -1,11 +1,16 @@
-"""One process per program (all its tests inside) vs one process per test, in the same sandbox.
+"""Pre-forked sandboxes vs one sandbox per program vs one per test, in the same isolation.
 
 200 generated programs x 10 assert tests: mostly correct solutions, some wrong answers, some
 crashes (at import, or for some inputs), some infinite loops (for the last tests' inputs, or at
-import). Both ways run on the same worker pool and isolation level with timeout_s=1; their verdicts
-must match (per program: tests_passed, and whether everything passed) or the benchmark fails.
-Rounds interleave the two ways; the figures are medians over rounds. It also prints the wall time
-of a trivial program under each isolation level next to a bare interpreter start.
+import). Three ways, on the same worker pool and isolation level with timeout_s=1:
+
+- pre-forked: `run_many` (its default): a zygote per worker, a forked child per program;
+- per program: `run_many(prefork=False)`: a fresh sandbox per program, all its tests inside;
+- per test (the baseline, the way naive harnesses run): a fresh sandbox per (solution, one test).
+
+Their verdicts must match (per program: tests passed) or the benchmark fails. Rounds interleave
+the three ways (the order rotates); the figures are medians over rounds. It also prints the wall
+time of a trivial program under each isolation level, both ways, next to a bare interpreter start.
 
     .venv/bin/python bench/bench_sandbox.py
     .venv/bin/python bench/bench_sandbox.py --programs 50 --rounds 3 --isolation rlimits
@@ -24,7 +29,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from scoder.sandbox import LEVELS, ExecResult, _probe, available_isolation, run_many, run_program
+from scoder.sandbox import (
+    LEVELS,
+    ExecResult,
+    _probe,
+    _probe_prefork,
+    available_isolation,
+    run_many,
+    run_program,
+)
 
 
 @dataclass(frozen=True)
@@ -141,16 +154,20 @@ def make_programs(n: int, tests_per_program: int, seed: int = 0) -> list[tuple[s
     return out
 
 
-def batched(programs, level, workers, timeout_s) -> tuple[float, list[ExecResult]]:
+def batched(programs, level, workers, timeout_s, prefork) -> tuple[float, list[ExecResult]]:
     start = time.perf_counter()
     results = run_many(
-        [(c, t) for _, c, t in programs], timeout_s=timeout_s, workers=workers, isolation=level
+        [(c, t) for _, c, t in programs],
+        timeout_s=timeout_s,
+        workers=workers,
+        isolation=level,
+        prefork=prefork,
     )
     return time.perf_counter() - start, results
 
 
 def per_test(programs, level, workers, timeout_s) -> tuple[float, list[int], list[float], int]:
-    """The naive way: solution + one test per process.
+    """The naive way: solution + one test per sandbox (a fresh one each: prefork=False).
 
     Returns seconds, then per program: tests passed and sandbox-seconds; then the process count."""
     jobs, owner = [], []
@@ -159,7 +176,7 @@ def per_test(programs, level, workers, timeout_s) -> tuple[float, list[int], lis
             jobs.append((code, line))
             owner.append(index)
     start = time.perf_counter()
-    results = run_many(jobs, timeout_s=timeout_s, workers=workers, isolation=level)
+    results = run_many(jobs, timeout_s=timeout_s, workers=workers, isolation=level, prefork=False)
     seconds = time.perf_counter() - start
     passed, busy = [0] * len(programs), [0.0] * len(programs)
     for index, res in zip(owner, results):
@@ -169,15 +186,23 @@ def per_test(programs, level, workers, timeout_s) -> tuple[float, list[int], lis
 
 
 def overhead(levels, repeats: int) -> dict[str, float]:
+    """Median wall time of a trivial program: in a sandbox of its own, and as the child of a warm
+    zygote (one worker; the zygote's own start is not counted)."""
     python = os.path.realpath(sys.executable)
-    times: dict[str, list[float]] = {level: [] for level in levels}
+    trivial = ("x = 1", "assert x == 1")
+    times: dict[str, list[float]] = {f"{level}, per program": [] for level in levels}
     times["bare python -I -S"] = []
     for _ in range(repeats):
         for level in levels:
-            times[level].append(run_program("x = 1", "assert x == 1", isolation=level).wall_s)
+            res = run_program(*trivial, isolation=level, prefork=False)
+            times[f"{level}, per program"].append(res.wall_s)
         start = time.perf_counter()
         subprocess.run([python, "-I", "-S", "-c", "pass"], check=True)
         times["bare python -I -S"].append(time.perf_counter() - start)
+    for level in levels:
+        if level != "rlimits" and not _probe_prefork(level):
+            results = run_many([trivial] * repeats, workers=1, isolation=level)
+            times[f"{level}, pre-forked"] = [r.wall_s for r in results]
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -199,72 +224,91 @@ def main() -> None:
     print(
         f"isolation: {level}; workers: {args.workers or 'one per core'}; timeout_s={args.timeout}"
     )
-    print(
-        f"programs: {len(programs)} x {args.tests} tests; kinds: {dict(Counter(k for k, _, _ in programs))}"
-    )
+    kinds = dict(Counter(k for k, _, _ in programs))
+    print(f"programs: {len(programs)} x {args.tests} tests; kinds: {kinds}")
+    if level == "rlimits" or _probe_prefork(level):
+        print(f"(no pre-forked sandbox at {level}: the pre-forked arm runs one per program)")
 
     levels = [lvl for lvl in LEVELS if not _probe(lvl)]
     print(f"\nper-program wall time of a trivial program (median of {args.overhead_repeats}):")
     for name, seconds in overhead(levels, args.overhead_repeats).items():
-        print(f"  {name:<18} {seconds * 1000:7.1f} ms")
+        print(f"  {name:<22} {seconds * 1000:7.1f} ms")
 
-    rates_b, rates_p, ratios, ratios_no_timeout = [], [], [], []
+    ways = ("pre-forked", "per-program", "per-test")
+    rates: dict[str, list[float]] = {way: [] for way in ways}
+    vs_test, vs_program, vs_test_no_timeout = [], [], []
     reference: list[int] | None = None
     for r in range(args.rounds):
-        order = ("batched", "per-test") if r % 2 == 0 else ("per-test", "batched")
-        for way in order:
-            if way == "batched":
-                sec_b, results = batched(programs, level, args.workers, args.timeout)
-                passed_b = [res.tests_passed for res in results]
-            else:
-                sec_p, passed_p, busy_p, runs = per_test(
+        seconds: dict[str, float] = {}
+        passed: dict[str, list[int]] = {}
+        results: dict[str, list[ExecResult]] = {}
+        for way in ways[r % 3 :] + ways[: r % 3]:  # the order rotates: no way always goes first
+            if way == "per-test":
+                seconds[way], passed[way], busy_p, runs = per_test(
                     programs, level, args.workers, args.timeout
                 )
-        mismatches = [
-            (i, kind, passed_b[i], passed_p[i])
-            for i, (kind, _, _) in enumerate(programs)
-            if passed_b[i] != passed_p[i]
-        ]
-        if mismatches:
-            print(f"\nVERDICTS DIFFER in round {r + 1} (index, kind, batched, per-test):")
-            for row in mismatches:
-                print("  ", row)
-            sys.exit(1)
-        if reference is not None and reference != passed_b:
+            else:
+                seconds[way], results[way] = batched(
+                    programs, level, args.workers, args.timeout, way == "pre-forked"
+                )
+                passed[way] = [res.tests_passed for res in results[way]]
+        for way in ways[1:]:
+            mismatches = [
+                (i, kind, passed["pre-forked"][i], passed[way][i])
+                for i, (kind, _, _) in enumerate(programs)
+                if passed["pre-forked"][i] != passed[way][i]
+            ]
+            if mismatches:
+                print(f"\nVERDICTS DIFFER in round {r + 1} (index, kind, pre-forked, {way}):")
+                for row in mismatches:
+                    print("  ", row)
+                sys.exit(1)
+        if reference is not None and reference != passed["pre-forked"]:
             print(f"\nVERDICTS CHANGED between rounds (round {r + 1})")
             sys.exit(1)
-        reference = passed_b
-        rates_b.append(len(programs) / sec_b)
-        rates_p.append(len(programs) / sec_p)
-        ratios.append(sec_p / sec_b)
-        statuses = Counter(res.status for res in results)
+        reference = passed["pre-forked"]
+        for way in ways:
+            rates[way].append(len(programs) / seconds[way])
+        vs_test.append(seconds["per-test"] / seconds["pre-forked"])
+        vs_program.append(seconds["per-program"] / seconds["pre-forked"])
+        statuses = Counter(res.status for res in results["pre-forked"])
         print(
-            f"round {r + 1}: one process per program {sec_b:6.1f}s ({rates_b[-1]:6.1f} prog/s) | "
-            f"one per test {sec_p:6.1f}s ({rates_p[-1]:6.1f} prog/s, {runs} processes) | "
-            f"ratio {ratios[-1]:.1f}x | statuses {dict(statuses)}"
+            f"round {r + 1}: "
+            + " | ".join(
+                f"{way} {seconds[way]:6.1f}s ({rates[way][-1]:6.1f} prog/s)" for way in ways
+            )
+            + f" | pre-forked vs per-test {vs_test[-1]:.1f}x, vs per-program {vs_program[-1]:.1f}x"
+            + f" | {runs} per-test sandboxes | statuses {dict(statuses)}"
         )
         # where the time goes: sandbox-seconds (summed over workers), timeouts apart
-        slow = [i for i, res in enumerate(results) if res.status == "timeout"]
-        fast = [i for i in range(len(programs)) if i not in set(slow)]
-        b_slow, b_fast = (sum(results[i].wall_s for i in group) for group in (slow, fast))
-        p_slow, p_fast = (sum(busy_p[i] for i in group) for group in (slow, fast))
-        ratios_no_timeout.append(p_fast / b_fast)
+        pre = results["pre-forked"]
+        slow = {i for i, res in enumerate(pre) if res.status == "timeout"}
+        fast = [i for i in range(len(programs)) if i not in slow]
+        b_slow = sum(pre[i].wall_s for i in slow)
+        b_fast = sum(pre[i].wall_s for i in fast)
+        p_slow = sum(busy_p[i] for i in slow)
+        p_fast = sum(busy_p[i] for i in fast)
+        vs_test_no_timeout.append(p_fast / b_fast)
         print(
-            f"         sandbox-seconds: {len(slow)} programs that time out: {b_slow:5.1f} vs "
-            f"{p_slow:5.1f} | the {len(fast)} others: {b_fast:5.1f} vs {p_fast:5.1f} "
-            f"({ratios_no_timeout[-1]:.1f}x)"
+            f"         sandbox-seconds, pre-forked vs per-test: {len(slow)} programs that time out:"
+            f" {b_slow:5.1f} vs {p_slow:5.1f} | the {len(fast)} others: {b_fast:5.2f} vs"
+            f" {p_fast:5.1f} ({vs_test_no_timeout[-1]:.1f}x)"
         )
 
     total = sum(reference or [])
     print(
         f"\nverdicts identical in every round: {total} of {len(programs) * args.tests} tests pass"
     )
-    print(f"one process per program: {statistics.median(rates_b):7.1f} programs/s (median)")
-    print(f"one process per test:    {statistics.median(rates_p):7.1f} programs/s (median)")
-    print(f"speed-up: {statistics.median(ratios):.1f}x (median of per-round ratios)")
+    for way in ways:
+        print(f"{way:<12} {statistics.median(rates[way]):7.1f} programs/s (median)")
     print(
-        f"speed-up on the programs that do not time out: "
-        f"{statistics.median(ratios_no_timeout):.1f}x (sandbox-seconds, median over rounds)"
+        f"pre-forked vs per-test:    {statistics.median(vs_test):.1f}x (median of per-round ratios;"
+        " target >= 10x)"
+    )
+    print(f"pre-forked vs per-program: {statistics.median(vs_program):.1f}x (median)")
+    print(
+        f"pre-forked vs per-test on the programs that do not time out: "
+        f"{statistics.median(vs_test_no_timeout):.1f}x (sandbox-seconds, median over rounds)"
     )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

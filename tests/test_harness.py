@@ -7,12 +7,13 @@ from __future__ import annotations
 import ast
 import builtins
 import dis
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from scoder.sandbox import harness, isolation, split_tests
+from scoder.sandbox import harness, isolation, split_tests, zygote
 
 ADD = "def add(a, b):\n    return a + b\n"
 BOOM = "def boom(exc):\n    raise exc\n"
@@ -172,3 +173,15 @@ def test_nothing_is_looked_up_in_globals_once_the_sample_can_have_run():
     for nested in _nested(code) + _nested(harness._harness.__code__):
         assert _globals_loaded(nested) == [], nested.co_name
     assert [name for _, name in _globals_loaded(harness._harness.__code__)][-1] == "run"
+
+
+def test_the_zygote_program_is_its_module_and_runs_only_as_pid_1():
+    source = Path(zygote.__file__).read_text(encoding="utf-8")
+    assert source == isolation.ZYGOTE
+    last = ast.parse(source).body[-1]
+    assert isinstance(last, ast.If) and ast.unparse(last.test) == "__name__ == '__main__'"
+    # outside a pid namespace of its own it must not start: its kill(-1) would reach the host's
+    # processes (no roots, no job: nothing here could be touched even if it did)
+    argv = [sys.executable, "-I", "-S", "-c", source, isolation.HARNESS, ""]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert proc.returncode == 1 and b"not pid 1" in proc.stderr

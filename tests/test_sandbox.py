@@ -1,10 +1,17 @@
-"""The sandbox, with real processes: normal verdicts, and hostile programs that must not get out."""
+"""The sandbox, with real processes: normal verdicts, and hostile programs that must not get out.
+
+run_program and run_many pre-fork by default (a zygote per worker at the bwrap and unshare levels):
+every test below runs that way; those parametrized over MODES also run one sandbox per program.
+"""
 
 from __future__ import annotations
 
 import os
+import platform
+import signal
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,10 +19,26 @@ from pathlib import Path
 import pytest
 
 from scoder import sandbox
-from scoder.sandbox import LEVELS, ExecResult, isolation, run_many, run_program, split_tests
+from scoder.sandbox import (
+    LEVELS,
+    ExecResult,
+    isolation,
+    pool,
+    run_many,
+    run_program,
+    split_tests,
+)
 
 AVAILABLE = [level for level in LEVELS if not sandbox._probe(level)]
 NAMESPACED = [level for level in AVAILABLE if level != "rlimits"]
+PRE_FORKED = [level for level in NAMESPACED if not sandbox._probe_prefork(level)]
+# (level, prefork): the rlimits level has no pid namespace, hence no zygote: one mode only
+MODES = [
+    pytest.param(level, prefork, id=level if level == "rlimits" else f"{level}-{mode}")
+    for level in AVAILABLE
+    for prefork, mode in ((True, "prefork"), (False, "per-program"))
+    if prefork or level != "rlimits"
+]
 T = 2.0  # short timeouts keep the file fast
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="no sandbox works on this machine")
@@ -128,17 +151,22 @@ def test_exec_result_helpers():
 # --- normal programs ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level", AVAILABLE)
-def test_passed(level, host_clean):
+@pytest.mark.parametrize(("level", "prefork"), MODES)
+def test_passed(level, prefork, host_clean):
     res = run_program(
-        ADD, "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n", timeout_s=T, isolation=level
+        ADD,
+        "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n",
+        timeout_s=T,
+        isolation=level,
+        prefork=prefork,
     )
     assert (res.status, res.tests_total, res.tests_passed) == ("passed", 2, 2)
     assert res.isolation == level and res.detail == ""
+    assert res.prefork == (prefork and level in PRE_FORKED)
 
 
-@pytest.mark.parametrize("level", AVAILABLE)
-def test_failed_counts_each_test(level, host_clean):
+@pytest.mark.parametrize(("level", "prefork"), MODES)
+def test_failed_counts_each_test(level, prefork, host_clean):
     tests = (
         "assert add(1, 2) == 3\n"
         "assert add(1, 2) == 4, 'wrong sum'\n"
@@ -147,7 +175,7 @@ def test_failed_counts_each_test(level, host_clean):
         "assert add(None, 1) == 1\n"  # raises TypeError inside the test: that test fails
         "assert add(2, 2) == 4\n"
     )
-    res = run_program(ADD, tests, timeout_s=T, isolation=level)
+    res = run_program(ADD, tests, timeout_s=T, isolation=level, prefork=prefork)
     assert (res.status, res.tests_total, res.tests_passed) == ("failed", 5, 3)
     assert "2 of 5 tests failed" in res.detail and "line 2" in res.detail
     assert "wrong sum" in res.detail
@@ -257,12 +285,11 @@ def test_timeout_in_a_test_keeps_the_passes_so_far(level, host_clean):
     assert "test at line 2" in res.detail
 
 
-@pytest.mark.parametrize("level", AVAILABLE)
-def test_fork_bomb_is_contained(level, host_clean):
+@pytest.mark.parametrize(("level", "prefork"), MODES)
+def test_fork_bomb_is_contained(level, prefork, host_clean):
     # RLIMIT_NPROC (64, for the run's own uid) stops it: fork fails in the original process too
-    res = run_program(
-        "import os\nwhile True:\n    os.fork()\n", "assert True", timeout_s=T, isolation=level
-    )
+    code = "import os\nwhile True:\n    os.fork()\n"
+    res = run_program(code, "assert True", timeout_s=T, isolation=level, prefork=prefork)
     assert res.status == "error" and "BlockingIOError" in res.detail
     assert res.wall_s < T
 
@@ -387,8 +414,9 @@ def test_environment_is_cleared(level, monkeypatch, host_clean):
     assert (res.status, res.tests_passed) == ("passed", 3)
 
 
-@pytest.mark.parametrize("level", AVAILABLE)
-def test_killing_the_parent_or_everything(level, host_clean):
+@pytest.mark.parametrize(("level", "prefork"), MODES)
+def test_killing_the_parent_or_everything(level, prefork, host_clean):
+    # pre-forked, the parent is the zygote: pid 1 of the namespace, which ignores them
     if level == "rlimits" and os.geteuid() != 0:
         pytest.skip("without its own uid, the rlimits level can signal our processes")
     code = (
@@ -401,30 +429,27 @@ def test_killing_the_parent_or_everything(level, host_clean):
     )
     me = os.getpid()
     results = run_many(
-        [(code, "assert True"), (ADD, "assert add(1, 1) == 2")] * 2, timeout_s=T, isolation=level
+        [(code, "assert True"), (ADD, "assert add(1, 1) == 2")] * 2,
+        timeout_s=T,
+        isolation=level,
+        prefork=prefork,
     )
     assert os.getpid() == me  # still here
     assert [r.status for r in results] == ["passed"] * 4
 
 
-@pytest.mark.parametrize("level", AVAILABLE)
-def test_sys_exit_before_tests_is_not_a_pass(level, host_clean):
-    res = run_program(
-        ADD + "import sys\nsys.exit(0)\n", "assert add(1, 1) == 2", timeout_s=T, isolation=level
-    )
+@pytest.mark.parametrize(("level", "prefork"), MODES)
+def test_sys_exit_before_tests_is_not_a_pass(level, prefork, host_clean):
+    def run(code: str, tests: str) -> ExecResult:
+        return run_program(code, tests, timeout_s=T, isolation=level, prefork=prefork)
+
+    res = run(ADD + "import sys\nsys.exit(0)\n", "assert add(1, 1) == 2")
     assert (res.status, res.tests_passed) == ("killed", 0)
     assert "sys.exit(0)" in res.detail
-    res = run_program(
-        ADD + "import os\nos._exit(0)\n", "assert add(1, 1) == 2", timeout_s=T, isolation=level
-    )
+    res = run(ADD + "import os\nos._exit(0)\n", "assert add(1, 1) == 2")
     assert (res.status, res.tests_passed) == ("killed", 0)
     assert "status 0" in res.detail and "before the harness could report" in res.detail
-    res = run_program(
-        ADD + "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
-        "assert True",
-        timeout_s=T,
-        isolation=level,
-    )
+    res = run(ADD + "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", "assert True")
     assert res.status == "killed" and "SIGSEGV" in res.detail
 
 
@@ -476,8 +501,8 @@ def test_tests_raising_base_exceptions_count_as_failures(level, host_clean):
     assert "SystemExit" in res.detail
 
 
-@pytest.mark.parametrize("level", AVAILABLE)
-def test_forks_do_not_report_and_grandchildren_die(level, host_clean):
+@pytest.mark.parametrize(("level", "prefork"), MODES)
+def test_forks_do_not_report_and_grandchildren_die(level, prefork, host_clean):
     marker = f"100.{uuid.uuid4().int % 10**9}"
     code = (
         ADD + "import os, subprocess\n"
@@ -490,9 +515,184 @@ def test_forks_do_not_report_and_grandchildren_die(level, host_clean):
         "if os.fork() == 0:\n"  # a fork that runs on into the tests: it must not report
         "    pass\n"
     )
-    res = run_program(code, "assert add(1, 1) == 3", timeout_s=T, isolation=level)
+    res = run_program(code, "assert add(1, 1) == 3", timeout_s=T, isolation=level, prefork=prefork)
     assert (res.status, res.tests_passed) == ("failed", 0)
     deadline = time.monotonic() + 2
     while _processes_with(marker.encode()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_with(marker.encode()) == []
+
+
+# --- pre-forked: programs that share a zygote, one after another -----------------------------------
+
+
+@pytest.fixture
+def zygotes(monkeypatch):
+    """The zygotes started while the test runs."""
+    started: list[pool.Zygote] = []
+    init = pool.Zygote.__init__
+
+    def recording_init(self, level):
+        init(self, level)
+        started.append(self)
+
+    monkeypatch.setattr(pool.Zygote, "__init__", recording_init)
+    return started
+
+
+NR_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine(), 0)
+NR_ADD_KEY = {"x86_64": 248, "aarch64": 217}.get(platform.machine(), 0)
+
+LEAVE_BEHIND = f"""
+import ctypes, os
+open('/tmp/left-behind', 'w').write('x')
+os.makedirs('/tmp/locked/deeper')
+os.chmod('/tmp/locked', 0)
+os.mkfifo('/tmp/fifo')
+open('/dev/shm/left-behind', 'w').write('x')
+if os.access('/dev', os.W_OK):  # bwrap's /dev is a tmpfs of the sandbox's uid
+    os.unlink('/dev/stdin')
+    os.symlink('/tmp/left-behind', '/dev/stdin')
+    open('/dev/left-behind', 'w').write('x')
+libc = ctypes.CDLL(None, use_errno=True)
+# IPC_PRIVATE, IPC_CREAT: SysV objects outlive their creator
+libc.shmget(0, 1 << 20, 0o1666), libc.msgget(0, 0o1666), libc.semget(0, 1, 0o1666)
+if {NR_ADD_KEY}:
+    libc.syscall({NR_ADD_KEY}, b'user', b'scoder-left', b'x', 1, ctypes.c_long(-4))  # @u
+if os.fork() == 0:  # a daemon: new session, double fork, then sleep
+    os.setsid()
+    if os.fork() == 0:
+        os.execv('/bin/sleep', ['sleep', MARKER])
+    os._exit(0)
+os.chmod('/tmp', 0)
+"""
+
+FIND_LEFTOVERS = f"""
+import ctypes, os
+here = os.listdir('/tmp')
+others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]
+shm = os.listdir('/dev/shm')
+dev_file = os.path.exists('/dev/left-behind')
+stdin_link = os.readlink('/dev/stdin')
+segments = []
+for kind in ('shm', 'msg', 'sem'):
+    with open(f'/proc/sysvipc/{{kind}}') as fh:
+        segments += fh.read().splitlines()[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+key = {NR_KEYCTL} and libc.syscall({NR_KEYCTL}, 10, ctypes.c_long(-4), b'user', b'scoder-left', 0)
+"""
+
+NOTHING_LEFT = """assert here == [], here
+assert others == [], others
+assert shm == [] and not dev_file
+assert stdin_link == '/proc/self/fd/0'
+assert segments == [], segments
+assert key in (0, -1), key
+assert os.getppid() == 1
+"""
+
+
+@pytest.mark.parametrize("level", PRE_FORKED)
+def test_the_next_program_in_a_zygote_finds_nothing_left(level, host_clean, zygotes):
+    marker = f"100.{uuid.uuid4().int % 10**9}"
+    leave = f"MARKER = {marker!r}\n" + LEAVE_BEHIND
+    programs = [(leave, "assert True"), (FIND_LEFTOVERS, NOTHING_LEFT)]
+    results = run_many(programs, timeout_s=T, workers=1, isolation=level)
+    assert [(r.status, r.prefork) for r in results] == [("passed", True)] * 2, results[1].detail
+    assert len(zygotes) == 1  # both ran in the same one
+    assert _processes_with(marker.encode()) == []
+
+
+ZYGOTE_ATTEMPTS = """
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+zygote = os.getppid()
+
+def refused(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError:
+        return True
+    return False
+
+mem, environ = refused(f'/proc/{zygote}/mem'), refused(f'/proc/{zygote}/environ')
+fds = [n for n in (0, 1, 2, 100) if not refused(f'/proc/{zygote}/fd/{n}')]
+traced = libc.ptrace(16, zygote, None, None)  # PTRACE_ATTACH
+grabbed = libc.syscall(438, os.pidfd_open(zygote), 100, 0)  # pidfd_getfd: its control socket
+for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP, signal.SIGSEGV):
+    os.kill(zygote, sig)
+"""
+
+
+@pytest.mark.parametrize("level", PRE_FORKED)
+def test_a_program_cannot_read_trace_or_kill_its_zygote(level, host_clean, zygotes):
+    tests = "assert zygote == 1 and mem and environ\nassert fds == [], fds\nassert traced == -1\n"
+    tests += "assert grabbed == -1\n"
+    programs = [(ZYGOTE_ATTEMPTS, tests), (ADD, "assert add(1, 1) == 2")]
+    results = run_many(programs, timeout_s=T, workers=1, isolation=level)
+    assert [r.status for r in results] == ["passed", "passed"], results[0].detail
+    assert len(zygotes) == 1
+
+
+def _zygote_pid(zygote: pool.Zygote) -> int:
+    """The zygote's pid on the host: the one child of bwrap (or unshare)."""
+    pid = zygote.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.parametrize("level", PRE_FORKED)
+def test_a_zygote_that_dies_under_a_program(level, host_clean):
+    # nothing inside can kill it: this stands for what outside can (the OOM killer, a bug)
+    with pool.Worker(level) as worker:
+        first = sandbox._execute(ADD, "assert add(1, 1) == 2", T, 256, level, worker=worker)
+        zygote = worker.zygote
+        assert first.status == "passed" and zygote is not None
+        threading.Timer(0.3, os.kill, (_zygote_pid(zygote), signal.SIGKILL)).start()
+        code = "import time\nprint('ok')\ntime.sleep(5)\n"
+        res = sandbox._execute(code, "assert True", T, 256, level, worker=worker)
+        assert res.status == "killed" and "SIGKILL" in res.detail and res.wall_s < T
+        assert zygote.dead and worker.zygote is None
+        after = sandbox._execute(ADD, "assert add(1, 1) == 2", T, 256, level, worker=worker)
+        assert after.status == "passed" and worker.zygote is not zygote
+
+
+@pytest.mark.parametrize("level", PRE_FORKED[:1])
+def test_a_zygote_that_does_not_answer_is_replaced(level, host_clean):
+    with pool.Worker(level) as worker:
+        sandbox._execute(ADD, "assert add(1, 1) == 2", T, 256, level, worker=worker)
+        zygote = worker.zygote
+        time.sleep(0.1)  # its reset is done: it waits for the next job
+        os.kill(_zygote_pid(zygote), signal.SIGSTOP)
+        res = sandbox._execute(ADD, "assert add(1, 1) == 2", 0.5, 256, level, worker=worker)
+        assert res.status == "timeout" and 0.5 + pool.ANSWER_MARGIN_S <= res.wall_s < 3
+        after = sandbox._execute(ADD, "assert add(1, 1) == 2", T, 256, level, worker=worker)
+        assert after.status == "passed" and worker.zygote is not zygote
+
+
+def test_zygotes_end_when_run_many_raises(monkeypatch, host_clean, zygotes):
+    if not PRE_FORKED:
+        pytest.skip("no pre-forked sandbox here")
+    judged, judge = [], sandbox.judge
+
+    def failing_judge(*args):
+        judged.append(1)
+        if len(judged) == 3:
+            raise RuntimeError("boom")
+        return judge(*args)
+
+    monkeypatch.setattr(sandbox, "judge", failing_judge)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_many([(ADD, "assert add(1, 1) == 2")] * 8, workers=2, isolation=PRE_FORKED[0])
+    assert zygotes and all(z.dead for z in zygotes)  # host_clean: no process, no work dir left
+
+
+def test_per_program_mode_and_the_rlimits_level_do_not_pre_fork(host_clean):
+    for level in NAMESPACED:
+        res = run_many([(ADD, "assert add(1, 1) == 2")], isolation=level, prefork=False)[0]
+        assert (res.status, res.prefork) == ("passed", False)
+    if "rlimits" in AVAILABLE:  # no pid namespace there: kill(-1) would reach the host's processes
+        res = run_program(ADD, "assert add(1, 1) == 2", isolation="rlimits")
+        assert (res.status, res.prefork) == ("passed", False)
+        assert sandbox._probe_prefork("rlimits")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from scoder.config_messages import format_validation_error
+from scoder.config_messages import format_validation_error, yaml_problem
 from scoder.config_scale import TRAIN_HOW_NOT_WHAT, DistributedConfig, ExecutorConfig, Section
 from scoder.errors import ScoderError
 from scoder.templates import EVAL_TEMPLATES, JUDGE_TEMPLATES, SYNTHESIS_TEMPLATES
@@ -197,6 +197,12 @@ class SandboxConfig(Section):
     workers: int | None = Field(
         default=None, ge=1, description="Parallel programs; default: cores."
     )
+    prefork: bool = Field(  # how programs start, not what they compute: in no identity
+        default=True,
+        exclude=True,
+        description="Fork each program from a warm interpreter in one sandbox per worker (bwrap, "
+        "unshare); false: a fresh sandbox per program. Same verdicts.",
+    )
 
 
 class Aspect(Section):
@@ -324,6 +330,11 @@ class TrainConfig(Section):
     )
     save_every_steps: int | None = Field(
         default=None, ge=1, description="Checkpoint every k steps instead of every epoch."
+    )
+    resume_points: bool = Field(
+        default=True,
+        description="Keep the trainer's last full state (optimizer, RNG, place in the data): a "
+        "cut-short training resumes from it. Off: saves that disk (~3x the weights); it restarts.",
     )
     template: Literal["auto", "chat", "plain"] = Field(
         default="auto",
@@ -647,8 +658,10 @@ def load_config(
             raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+            raise ConfigError(
+                f"config file {path} is not valid YAML: {yaml_problem(exc)}"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -683,3 +696,5 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = value
+    except (RecursionError, ValueError):
+        raise ConfigError(f"--set {key}: its value is not one YAML can read") from None

@@ -33,7 +33,12 @@ class DistributedConfig(Section):
 
 
 # Settings of how a training runs, not of what it computes: changing them re-runs nothing.
-TRAIN_HOW_NOT_WHAT = {"gradient_checkpointing", "attn_implementation", "distributed"}
+TRAIN_HOW_NOT_WHAT = {
+    "gradient_checkpointing",
+    "attn_implementation",
+    "distributed",
+    "resume_points",
+}
 
 
 class ExecutorConfig(Section):

@@ -90,5 +90,6 @@ def run_batch(
         memory_mb=sandbox.memory_mb,
         workers=sandbox.workers,
         isolation=sandbox.isolation,
+        prefork=sandbox.prefork,
         progress="executing (eval)",
     )

@@ -27,6 +27,7 @@ class ExecResult:
     isolation: IsolationLevel
     stderr: str  # truncated (a few KB at most)
     detail: str = ""  # one line a human can read: why it failed / what was killed
+    prefork: bool = False  # it ran as a child of a worker's zygote (scoder.sandbox.zygote)
 
     def to_dict(self) -> dict:
         return asdict(self)
