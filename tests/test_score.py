@@ -318,3 +318,109 @@ def test_concordance_equals_counting_every_pair_without_listing_them():
     big = rng.random(100_000)
     assert _concordance(big, big) == pytest.approx(1.0)
     assert _concordance(-big, big) == pytest.approx(0.0)
+
+
+def _stage_inputs(tmp_path, cands, chunk_size):
+    """The stage's input file and its finished parts (executed and judged): run_score resumes
+    every chunk, so it runs and judges nothing and does only what follows."""
+    path = tmp_path / "candidates.jsonl"
+    unjudged = [c.model_copy(update={"execution": None, "judge": None}) for c in cands]
+    path.write_text("".join(c.model_dump_json() + "\n" for c in unjudged))
+    parts = tmp_path / "run" / "score" / "parts"
+    parts.mkdir(parents=True)
+    for number, start in enumerate(range(0, len(cands), chunk_size)):
+        chunk = cands[start : start + chunk_size]
+        (parts / f"part-{number:05d}.jsonl").write_text(
+            "".join(c.model_dump_json() + "\n" for c in chunk)
+        )
+    return path
+
+
+def test_the_streamed_stage_decides_as_the_functions_over_candidates_and_refers_raw_texts(
+    tmp_path,
+):
+    """run_score reads its pool a chunk at a time and keeps only small fields (a Pool); its
+    weights, calibration and best per seed equal those of the functions over whole candidates,
+    and its files refer to raw texts stored once in raw.jsonl, capped, that load back."""
+    from scoder.records import (
+        RAW_FILE,
+        RAW_OUTPUT_CAP,
+        STDERR_CAP,
+        RawTexts,
+        read_candidates_with_raw,
+    )
+    from scoder.score import EXECUTION_FEATURE
+    from scoder.store import read_jsonl
+
+    rng = np.random.default_rng(3)
+    cands = []
+    for i in range(30):
+        status = "passed" if i % 3 else "failed"
+        c = candidate(
+            f"c{i:02d}",
+            f"s{i // 4}",
+            dict(zip(ASPECTS, map(int, rng.integers(0, 10, 5)))) if i % 11 else None,
+            status=status,
+            pass_rate=1.0 if status == "passed" else 0.5,
+            vacuous="no assert statement" if i == 7 else None,
+            reason=None if i % 11 else "malformed_json: x",
+        )
+        stderr = "" if status == "passed" else f"Traceback {i}\n" + "x" * (5000 if i == 3 else 50)
+        c = c.model_copy(
+            update={
+                "raw_output": f"raw {i} " + "y" * (RAW_OUTPUT_CAP + 10 if i == 3 else 100),
+                "execution": c.execution.model_copy(update={"stderr": stderr}),
+            }
+        )
+        cands.append(c)
+    path = _stage_inputs(tmp_path, cands, chunk_size=7)
+    cfg = load_config(
+        None,
+        [f"run_dir={tmp_path / 'run'}", "score.chunk_size=7", "score.sandbox.isolation=rlimits"],
+    )
+    run, result = run_score(cfg, path, fit_labels="execution")
+
+    names = ASPECTS + [EXECUTION_FEATURE]
+    fitted = fit_weights(cands, "execution", names, seed=cfg.random_seed)
+    assert result.weights["weights"] == fitted["weights"]
+    expected = select_best(scored(cands, fitted["weights"]), cfg.score)
+    assert [c.id for c in result.selected] == [c.id for c in expected.kept]
+    drops = [(c.id, c.drop.reason, c.drop.detail, c.drop.related) for c in result.rejected]
+    assert drops == [(c.id, c.drop.reason, c.drop.detail, c.drop.related) for c in expected.dropped]
+    assert result.summary["calibration"] == calibration(scored(cands, fitted["weights"]), ASPECTS)
+    out = run.stage_dir("score")
+    # every file that holds a candidate refers to its texts; raw.jsonl holds them once
+    for name in ("scored.jsonl", "kept.jsonl", "dropped.jsonl"):
+        for row in read_jsonl(out / name):
+            assert row["raw_output"] == "" and row["execution"]["stderr"] == ""
+            assert row["raw_ref"].startswith(f"{RAW_FILE}#")
+    raw = {r.id: r for r in read_jsonl(out / RAW_FILE, RawTexts)}
+    assert len(raw) == len(cands) == len(read_jsonl(out / RAW_FILE))
+    assert raw["c03"].raw_output_chars == RAW_OUTPUT_CAP + 16  # "raw 3 " + cap + 10
+    assert len(raw["c03"].raw_output) == RAW_OUTPUT_CAP and len(raw["c03"].stderr) == STDERR_CAP
+    back = {c.id: c for c in read_candidates_with_raw(out / "kept.jsonl")}
+    for c in expected.kept:  # as kept, but for the caps
+        capped = c.model_copy(
+            update={
+                "raw_output": c.raw_output[:RAW_OUTPUT_CAP],
+                "execution": c.execution.model_copy(
+                    update={"stderr": c.execution.stderr[-STDERR_CAP:]}
+                ),
+            }
+        )
+        assert back[c.id] == capped
+
+
+def test_an_older_run_s_records_with_inline_raw_texts_load_as_they_are(tmp_path):
+    """Records written before the raw store (no raw_ref, texts inline) load, and reading them
+    with their raw texts changes nothing."""
+    from scoder.records import Candidate, read_candidates_with_raw
+
+    row = candidate("old", "A", dict.fromkeys(ASPECTS, 5)).model_dump(mode="json")
+    row.pop("raw_ref")
+    row["raw_output"], row["execution"]["stderr"] = "### Problem\n...", "Traceback ..."
+    path = tmp_path / "kept.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (loaded,) = read_candidates_with_raw(path)
+    assert loaded == Candidate.model_validate(row) and loaded.raw_ref is None
+    assert loaded.execution.stderr == "Traceback ..."

@@ -258,6 +258,42 @@ def test_strategies_share_one_shape_and_are_chosen_by_name(tmp_path):
     assert (run.stage_dir("select") / "dropped.jsonl").is_file()
 
 
+def test_selection_refers_to_the_raw_texts_where_scoring_stored_them(tmp_path, tiny_model_dir):
+    """The records select writes keep pointing at the score stage's raw store (references
+    rebased to each file's directory), and load back with their texts; nothing is copied."""
+    from scoder.records import (
+        RAW_FILE,
+        RawTexts,
+        raw_texts,
+        read_candidates_with_raw,
+        refer_raw,
+    )
+    from scoder.store import jsonl_writer, read_jsonl
+
+    pool = [
+        make_candidate(id=f"c{i}", seed_id=f"s{i}", score=float(i), raw_output=f"raw {i}")
+        for i in range(5)
+    ]
+    score_dir = tmp_path / "score"
+    refs = []
+    with jsonl_writer(score_dir / RAW_FILE) as write:
+        refs = [f"{RAW_FILE}#{write(raw_texts(c))}" for c in pool]
+    (score_dir / "kept.jsonl").write_text(
+        "".join(refer_raw(c, ref).model_dump_json() + "\n" for c, ref in zip(pool, refs))
+    )
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}"])
+    run, out = run_select(cfg, score_dir / "kept.jsonl", strategy="judge", k=2)
+    assert [c.id for c in out.kept] == ["c4", "c3"] and len(out.dropped) == 3
+    where = run.stage_dir("select")
+    assert read_jsonl(where / "kept.jsonl")[0]["raw_ref"].startswith(f"../../score/{RAW_FILE}#")
+    base = read_jsonl(where / "baselines" / "judge_top_at_k.jsonl")[0]["raw_ref"]
+    assert base.startswith(f"../../../score/{RAW_FILE}#")
+    for name in ("kept.jsonl", "dropped.jsonl", "baselines/random_at_k.jsonl"):
+        for c in read_candidates_with_raw(where / name):
+            assert c.raw_output == f"raw {c.id[1:]}" and c.raw_ref is None
+    assert len(read_jsonl(score_dir / RAW_FILE, RawTexts)) == 5
+
+
 def _sets(tmp_path, model_dir, *extra):
     return [
         f"run_dir={tmp_path / 'run'}",

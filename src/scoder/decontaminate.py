@@ -20,11 +20,12 @@ n-gram, and substring searches run only against the few benchmark texts its n-gr
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -276,31 +277,43 @@ def _shingles(text: str, size: int) -> set[bytes]:
 
 
 def near_duplicates(
-    texts: Sequence[str], *, threshold: float = 0.85, num_perm: int = 128, shingle: int = 5
+    texts: Iterable[str], *, threshold: float = 0.85, num_perm: int = 128, shingle: int = 5
 ) -> dict[int, tuple[int, float]]:
     """Position -> (position of the earlier kept text it nearly duplicates, estimated Jaccard).
 
     Texts are compared as sets of word shingles with MinHash LSH; the first of a group (in input
-    order) is kept. A text without words is never a duplicate.
+    order) is kept. A text without words is never a duplicate. One text's shingles are held at a
+    time (a pool's would be about twice its text); the MinHashes of the kept texts stay, for the
+    texts after them to be compared with.
     """
     from datasketch import MinHash, MinHashLSH
 
-    shingle_sets = [_shingles(text, shingle) for text in texts]
-    hashes = MinHash.bulk(shingle_sets, num_perm=num_perm, seed=MINHASH_SEED)
+    empty = [False]  # whether the text just hashed had no shingles
+
+    def shingle_sets() -> Iterator[set[bytes]]:
+        for text in texts:
+            shingles = _shingles(text, shingle)
+            empty[0] = not shingles
+            yield shingles
+
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    kept: dict[int, Any] = {}
     found: dict[int, tuple[int, float]] = {}
-    for i, (shingles, minhash) in enumerate(zip(shingle_sets, hashes)):
-        if not shingles:
+    # MinHash.bulk is this generator, listed: the same permutations, the same hash values
+    hashes = MinHash.generator(shingle_sets(), num_perm=num_perm, seed=MINHASH_SEED)
+    for i, minhash in enumerate(hashes):
+        if empty[0]:
             continue
         best, similarity = -1, 0.0
         for j in sorted(lsh.query(minhash)):  # LSH only proposes; the estimate decides
-            estimate = minhash.jaccard(hashes[j])
+            estimate = minhash.jaccard(kept[j])
             if estimate > similarity:
                 best, similarity = j, estimate
         if best >= 0 and similarity >= threshold:
             found[i] = (best, round(similarity, 3))
         else:
             lsh.insert(i, minhash)
+            kept[i] = minhash
     return found
 
 
@@ -337,9 +350,9 @@ def decontaminate(
     # Contaminated records are gone before deduplication, so a group is never represented by one.
     clean = [i for i in range(len(records)) if i not in dropped]
     if cfg.near_duplicates:
-        dedup_texts = [
+        dedup_texts = (
             "\n".join(record_texts(records[i], DEDUP_FIELDS[kind]).values()) for i in clean
-        ]
+        )
         dups = near_duplicates(
             dedup_texts,
             threshold=cfg.near_duplicate_threshold,
@@ -394,6 +407,19 @@ def load_index(config: Config) -> tuple[BenchmarkIndex | None, dict[str, Any]]:
     return index, info
 
 
+def records_fingerprint(records: Iterable[BaseModel]) -> str:
+    """`store.fingerprint` of the records' list, hashed one record at a time: the same digest,
+    without the list of dumps and its JSON text (three copies of the pool) in memory."""
+    digest = hashlib.sha256(b"[")
+    for i, record in enumerate(records):
+        if i:
+            digest.update(b", ")  # json.dumps's item separator
+        item = json.dumps(record.model_dump(mode="json"), sort_keys=True, default=str)
+        digest.update(item.encode())
+    digest.update(b"]")
+    return digest.hexdigest()[:16]
+
+
 def run_decontaminate(
     config: Config,
     run: RunDir,
@@ -429,7 +455,7 @@ def run_decontaminate(
         "decontaminate": cfg.model_dump(mode="json"),
         "benchmarks": {name: b["digest"] for name, b in benchmarks.items()},
         "kind": kind,
-        "input": input_digest or fingerprint([r.model_dump(mode="json") for r in records]),
+        "input": input_digest or records_fingerprint(records),
     }
     with run.stage(stage, config=config, fingerprint=fingerprint(identity), force=force) as record:
         started = time.perf_counter()

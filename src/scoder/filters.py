@@ -76,6 +76,20 @@ class Partition(Generic[R]):
 
     def write(self, directory: Path) -> dict[str, Any]:
         """kept.jsonl and dropped.jsonl in `directory`; returns the counts."""
-        write_jsonl(directory / KEPT, self.kept)
-        write_jsonl(directory / DROPPED, self.dropped)
-        return self.counts()
+        return write_partition(directory, self.kept, self.dropped)
+
+
+def write_partition(directory: Path, kept: Iterable[R], dropped: Iterable[R]) -> dict[str, Any]:
+    """kept.jsonl and dropped.jsonl in `directory` from records made one at a time (a stage that
+    streams its pool never holds either side); returns the counts `Partition.counts` gives."""
+    reasons: Counter[str] = Counter()
+
+    def tally(records: Iterable[R]) -> Iterator[R]:
+        for record in records:
+            if record.drop is not None:
+                reasons[record.drop.reason] += 1
+            yield record
+
+    n_kept = write_jsonl(directory / KEPT, kept)
+    n_dropped = write_jsonl(directory / DROPPED, tally(dropped))
+    return {"kept": n_kept, "dropped": n_dropped, "dropped_by_reason": dict(reasons)}

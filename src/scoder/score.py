@@ -10,6 +10,12 @@
    trusted pass and a minimum score; every other candidate is kept with its reason;
 5. calibration: how well each aspect separates passing from failing candidates (AUC,
    point-biserial), so a user sees which aspects carry signal.
+
+The stage streams its pool: one chunk of candidates is in memory while it is run and judged;
+weighing, calibration and the choice per seed read each candidate's small fields (score_weights.
+Pool), and the output files are written one record at a time. A candidate's raw output and stderr
+are written once, capped, to RUN/score/raw.jsonl; scored.jsonl, kept.jsonl and dropped.jsonl
+(and select's files after them) refer to them (`Candidate.raw_ref`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import ast
 import json
 import random
 import time
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,22 +35,70 @@ import numpy as np
 
 from scoder.config import Config, ScoreConfig
 from scoder.errors import ScoderError
-from scoder.filters import DropReasons, Partition
+from scoder.filters import DROPPED, KEPT, DropReasons, Partition, write_partition
 from scoder.judge import judge
 from scoder.models import GenerationBackend, load_backend
 from scoder.progress import track
-from scoder.records import Candidate, Execution, load_candidates
+from scoder.records import (
+    RAW_FILE,
+    STDERR_CAP,
+    Candidate,
+    Execution,
+    RawReader,
+    StoredRecords,
+    raw_texts,
+    refer_raw,
+    scan_candidates,
+)
 from scoder.sandbox import available_isolation, is_assertion, run_many
+from scoder.score_weights import (
+    EXECUTION_FEATURE,
+    Pool,
+    _concordance,
+    calibration,
+    combined_score,
+    equal_weights,
+    feature_names,
+    features,
+    fit_weights,
+)
 from scoder.store import (
+    JsonlLines,
     RunDir,
     file_digest,
     fingerprint,
-    read_jsonl,
+    iter_jsonl,
+    jsonl_writer,
+    line_offsets,
+    part_path,
     resumable_chunks,
     write_json,
-    write_jsonl,
 )
 from scoder.templates import JUDGE_TEMPLATES
+
+__all__ = [  # weighing and calibration live in score_weights and are part of this stage's API
+    "EXECUTION_FEATURE",
+    "REASONS",
+    "STAGE",
+    "VERSION",
+    "Pool",
+    "ScoreResult",
+    "Verdicts",
+    "_concordance",
+    "best_per_seed",
+    "calibration",
+    "combined_score",
+    "equal_weights",
+    "feature_names",
+    "features",
+    "fit_weights",
+    "pick_random_per_seed",
+    "run_pick_random",
+    "run_score",
+    "select_best",
+    "vacuous_tests",
+    "verify",
+]
 
 STAGE = "score"
 VERSION = "score/1"  # bump when the same settings would score or keep other candidates
@@ -55,7 +110,6 @@ ScoreDrop = Literal[
     "not_picked",  # the no-scorer ablation kept another candidate of the seed, at random
 ]
 REASONS = DropReasons(STAGE, ScoreDrop)
-EXECUTION_FEATURE = "execution"  # pass rate scaled to 0-9, usable as an extra weighted feature
 
 
 # ----------------------------------------------------------------------------- verification
@@ -114,6 +168,7 @@ def verify(candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[Execution]
         memory_mb=cfg.sandbox.memory_mb,
         workers=cfg.sandbox.workers,
         isolation=cfg.sandbox.isolation,
+        prefork=cfg.sandbox.prefork,
     )
     return [
         Execution(
@@ -123,277 +178,109 @@ def verify(candidates: Sequence[Candidate], cfg: ScoreConfig) -> list[Execution]
             pass_rate=r.pass_rate,
             isolation=r.isolation,
             detail=r.detail,
-            stderr=r.stderr[-2000:],
+            stderr=r.stderr[-STDERR_CAP:],
             vacuous=vacuous_tests(c.solution or "", c.tests or ""),
         )
         for c, r in zip(candidates, results)
     ]
 
 
-# ----------------------------------------------------------------------------- weights
-
-
-def feature_names(cfg: ScoreConfig, weights: dict[str, float]) -> list[str]:
-    names = [a.name for a in cfg.aspects]
-    return [*names, EXECUTION_FEATURE] if EXECUTION_FEATURE in weights else names
-
-
-def features(c: Candidate, names: Sequence[str]) -> list[float] | None:
-    values = c.judge.values if c.judge is not None else None
-    if values is None:
-        return None
-    row = []
-    for name in names:
-        if name == EXECUTION_FEATURE:
-            trusted = c.execution is not None and c.execution.vacuous is None
-            row.append(9.0 * c.execution.pass_rate if trusted else 0.0)
-        else:
-            row.append(float(values[name]))
-    return row
-
-
-def combined_score(c: Candidate, weights: dict[str, float]) -> float | None:
-    row = features(c, list(weights))
-    if row is None:
-        return None
-    return float(np.dot(row, list(weights.values())))
-
-
-def equal_weights(cfg: ScoreConfig) -> dict[str, float]:
-    return {a.name: 1.0 / len(cfg.aspects) for a in cfg.aspects}
-
-
-def _tied_pairs(values: np.ndarray) -> int:
-    counts = np.unique(values, return_counts=True)[1].astype(np.int64)
-    return int((counts * (counts - 1) // 2).sum())
-
-
-def _concordance(pred: np.ndarray, label: np.ndarray) -> float:
-    """Fraction of pairs with different labels that the prediction orders the same way (ties 1/2),
-    in O(n log n) time and O(n) memory (pairs are never listed: at 100K candidates they would
-    be 80 GB). With C, D and T the concordant, discordant and prediction-tied pairs among the M
-    label-distinct ones, it is (C + T/2) / M = 1/2 + S / 2M, where S = C - D is Kendall's S,
-    recovered from tau-b = S / sqrt((n0 - n1)(n0 - n2))."""
-    from scipy.stats import kendalltau
-
-    n0 = len(label) * (len(label) - 1) // 2
-    distinct = n0 - _tied_pairs(label)
-    if distinct == 0:
-        return float("nan")
-    tau = kendalltau(pred, label).statistic
-    if np.isnan(tau):  # every prediction tied: each pair counts one half
-        return 0.5
-    s = tau * np.sqrt(float(n0 - _tied_pairs(pred)) * float(distinct))
-    return float(0.5 + s / (2 * distinct))
-
-
-def _fit_quality(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from scipy.optimize import nnls
-
-    design = np.hstack([x, np.ones((len(x), 1))])  # the intercept does not change rankings
-    w, _ = nnls(design, y)
-    return w[:-1]
-
-
-def _fit_pairwise(d: np.ndarray, l2: float = 1e-3) -> np.ndarray:
-    """Bradley-Terry / pairwise logistic fit with non-negative weights (L-BFGS-B)."""
-    from scipy.optimize import minimize
-    from scipy.special import expit, log1p
-
-    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        margin = d @ w
-        value = np.sum(log1p(np.exp(-np.abs(margin))) + np.maximum(-margin, 0)) + l2 * w @ w
-        grad = -(d.T @ expit(-margin)) + 2 * l2 * w
-        return float(value), grad
-
-    res = minimize(
-        loss, np.full(d.shape[1], 0.1), jac=True, method="L-BFGS-B", bounds=[(0, None)] * d.shape[1]
-    )
-    return res.x
-
-
-def fit_weights(
-    scored: Sequence[Candidate],
-    labels: str | Path,
-    names: Sequence[str],
-    *,
-    folds: int = 5,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Fit non-negative weights to labels; report held-out agreement against equal weights.
-
-    `labels` is a JSONL file with either {"candidate_id", "label"} rows (a quality label) or
-    {"preferred", "rejected"} rows (candidate ids, a pairwise preference), or the word
-    "execution" (each candidate's execution pass rate is its label).
-    """
-    by_id = {c.id: c for c in scored}
-    rows = _label_rows(scored, labels)
-    kind = "pairwise" if rows and "preferred" in rows[0] else "quality"
-    names = [n for n in names if not (labels == "execution" and n == EXECUTION_FEATURE)]
-    rng = np.random.default_rng(seed)
-    skipped = 0
-    if kind == "quality":
-        x, y = [], []
-        for r in rows:
-            c = by_id.get(str(r.get("candidate_id")))
-            f = features(c, names) if c else None
-            if f is None or not isinstance(r.get("label"), (int, float)):
-                skipped += 1
-                continue
-            x.append(f)
-            y.append(float(r["label"]))
-        x_arr, y_arr = np.array(x), np.array(y)
-        if len(y_arr) < 4 or np.ptp(y_arr) == 0:
-            raise ScoderError(
-                f"--fit-weights needs at least 4 scored, labelled candidates with different labels (got {len(y_arr)})"
-            )
-        fit, agreement = _fit_quality, lambda w, idx: _concordance(x_arr[idx] @ w, y_arr[idx])
-        n = len(y_arr)
-    else:
-        diffs = []
-        for r in rows:
-            a, b = by_id.get(str(r.get("preferred"))), by_id.get(str(r.get("rejected")))
-            fa, fb = (features(a, names) if a else None), (features(b, names) if b else None)
-            if fa is None or fb is None:
-                skipped += 1
-                continue
-            diffs.append(np.array(fa) - np.array(fb))
-        d_arr = np.array(diffs)
-        if len(d_arr) < 4:
-            raise ScoderError(
-                f"--fit-weights needs at least 4 pairs of scored candidates (got {len(d_arr)})"
-            )
-        fit = _fit_pairwise  # type: ignore[assignment]
-
-        def agreement(w: np.ndarray, idx: np.ndarray) -> float:
-            m = d_arr[idx] @ w
-            return float(np.mean((m > 0) + 0.5 * (m == 0)))
-
-        x_arr = d_arr
-        n = len(d_arr)
-
-    data = (x_arr, y_arr) if kind == "quality" else (x_arr,)
-    order = rng.permutation(n)
-    k = min(folds, n)
-    heldout, baseline = [], []
-    equal = np.full(len(names), 1.0 / len(names))
-    for fold in range(k):
-        test = order[fold::k]
-        train = np.setdiff1d(order, test)
-        w = fit(*(a[train] for a in data))
-        heldout.append(agreement(w, test))
-        baseline.append(agreement(equal, test))
-    w = fit(*data)
-    total = w.sum()
-    weights = {
-        name: float(v / total) if total > 0 else 1.0 / len(names) for name, v in zip(names, w)
-    }
-    return {
-        "weights": weights,
-        "kind": kind,
-        "labels": str(labels),
-        "n": int(n),
-        "skipped": skipped,
-        "folds": k,
-        "heldout_agreement": float(np.nanmean(heldout)),
-        "equal_weights_heldout_agreement": float(np.nanmean(baseline)),
-    }
-
-
-def _label_rows(scored: Sequence[Candidate], labels: str | Path) -> list[dict]:
-    if str(labels) == "execution":
-        return [
-            {
-                "candidate_id": c.id,
-                "label": c.execution.pass_rate if c.execution.vacuous is None else 0.0,
-            }
-            for c in scored
-            if c.execution is not None
-        ]
-    return read_jsonl(labels)
-
-
 # ----------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Verdicts:
+    """What best-per-seed made of each candidate of a pool, by position, in the order the stage
+    writes them: the kept, and the dropped with their reason and the better candidate (-1: none).
+    Details are made when a record is written, so a pool's verdicts hold no text."""
+
+    kept: list[int] = field(default_factory=list)
+    dropped: list[tuple[int, str, int]] = field(default_factory=list)
+
+
+def best_per_seed(pool: Pool, cfg: ScoreConfig) -> Verdicts:
+    """The highest score per seed (ties: higher pass rate, then id); every other candidate with
+    its reason. Seeds in sorted order, each seed's candidates in input order."""
+    # A sort of the whole pool is inherent here; it sorts positions, the texts stay on disk.
+    order = sorted(range(len(pool)), key=pool.seeds.__getitem__)
+    trusted = pool.trusted_pass
+    rates = np.where(pool.executed, pool.pass_rate, 0.0).tolist()
+    out = Verdicts()
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and pool.seeds[order[end]] == pool.seeds[order[start]]:
+            end += 1
+        eligible = []
+        for i in order[start:end]:
+            score = pool.score(i)
+            if score is None:
+                out.dropped.append((i, "unscored", -1))
+            elif cfg.require_pass and not trusted[i]:
+                out.dropped.append((i, "execution_failed", -1))
+            elif cfg.min_score is not None and score < cfg.min_score:
+                out.dropped.append((i, "below_min_score", -1))
+            else:
+                eligible.append(i)
+        eligible.sort(key=lambda i: (-pool.score(i), -rates[i], pool.ids[i]))  # type: ignore[operator]
+        if eligible:
+            out.kept.append(eligible[0])
+            out.dropped += [(i, "not_best_for_seed", eligible[0]) for i in eligible[1:]]
+        start = end
+    return out
+
+
+def verdict_detail(pool: Pool, cfg: ScoreConfig, i: int, reason: str, better: int) -> str:
+    """What a drop's detail says about candidate i."""
+    if reason == "unscored":
+        return pool.reasons.get(i) if pool.is_judged(i) else "not judged"  # type: ignore[return-value]
+    if reason == "execution_failed":
+        return pool.vacuous[i] or pool.status[i] or "not run"
+    if reason == "below_min_score":
+        return f"{pool.score(i):.3f} < {cfg.min_score}"
+    return f"{pool.ids[better]} scored {pool.score(better):.3f} >= {pool.score(i):.3f}"
 
 
 def select_best(candidates: Sequence[Candidate], cfg: ScoreConfig) -> Partition[Candidate]:
     """The best candidate per seed; every other one with its reason."""
-    by_seed: dict[str, list[Candidate]] = defaultdict(list)
-    for c in candidates:
-        by_seed[c.seed_id].append(c)
-    selected: list[Candidate] = []
-    rejected: list[Candidate] = []
+    pool = Pool.of(candidates)
+    verdicts = best_per_seed(pool, cfg)
+    out: Partition[Candidate] = Partition([candidates[i] for i in verdicts.kept])
+    for i, reason, better in verdicts.dropped:
+        related = pool.ids[better] if better >= 0 else None
+        detail = verdict_detail(pool, cfg, i, reason, better)
+        out.dropped.append(REASONS.drop(candidates[i], reason, detail, related))
+    return out
 
-    def reject(c: Candidate, reason: str, detail: str = "", related: str | None = None) -> None:
-        rejected.append(REASONS.drop(c, reason, detail, related))
 
-    for seed_id in sorted(by_seed):
-        eligible = []
-        for c in by_seed[seed_id]:
-            if c.score is None:
-                reject(c, "unscored", c.judge.reason if c.judge else "not judged")
-            elif cfg.require_pass and not (c.execution and c.execution.trusted_pass):
-                why = (
-                    c.execution.vacuous
-                    if c.execution and c.execution.vacuous
-                    else (c.execution.status if c.execution else "not run")
-                )
-                reject(c, "execution_failed", why)
-            elif cfg.min_score is not None and c.score < cfg.min_score:
-                reject(c, "below_min_score", f"{c.score:.3f} < {cfg.min_score}")
-            else:
-                eligible.append(c)
-        eligible.sort(
-            key=lambda c: (-c.score, -(c.execution.pass_rate if c.execution else 0.0), c.id)
-        )
-        if eligible:
-            best = eligible[0]
-            selected.append(best)
-            for c in eligible[1:]:
-                detail = f"{best.id} scored {best.score:.3f} >= {c.score:.3f}"
-                reject(c, "not_best_for_seed", detail, related=best.id)
-    return Partition(selected, rejected)
+def random_per_seed(ids: Sequence[str], seeds: Sequence[str], seed: int) -> Verdicts:
+    """The 'no scorer' ablation over positions: one candidate per seed, chosen at random
+    (reproducibly); seeds in sorted order, each seed's candidates by id."""
+    order = sorted(range(len(ids)), key=lambda i: (seeds[i], ids[i]))  # stable: as by_seed was
+    rng = random.Random(seed)
+    out = Verdicts()
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and seeds[order[end]] == seeds[order[start]]:
+            end += 1
+        group = order[start:end]
+        chosen = rng.choice(group)
+        out.kept.append(chosen)
+        out.dropped += [(i, "not_picked", chosen) for i in group if i != chosen]
+        start = end
+    return out
 
 
 def pick_random_per_seed(candidates: Sequence[Candidate], seed: int) -> Partition[Candidate]:
     """The 'no scorer' ablation: one candidate per seed, chosen at random (reproducibly)."""
-    by_seed: dict[str, list[Candidate]] = {}
-    for c in candidates:
-        by_seed.setdefault(c.seed_id, []).append(c)
-    rng = random.Random(seed)
-    out: Partition[Candidate] = Partition()
-    for _, group in sorted(by_seed.items()):
-        group = sorted(group, key=lambda c: c.id)
-        chosen = rng.choice(group)
-        out.kept.append(chosen)
-        out.dropped += [
-            REASONS.drop(c, "not_picked", f"{chosen.id} was picked", chosen.id)
-            for c in group
-            if c is not chosen
-        ]
-    return out
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-def calibration(candidates: Sequence[Candidate], names: Sequence[str]) -> dict[str, Any]:
-    """Per aspect (and the combined score): AUC and point-biserial r against a trusted pass."""
-    from scipy.stats import mannwhitneyu, pointbiserialr
-
-    rows = [c for c in candidates if c.score is not None and c.execution is not None]
-    passed = np.array([c.execution.trusted_pass for c in rows], dtype=bool)
-    out: dict[str, Any] = {"n": len(rows), "passed": int(passed.sum())}
-    if len(rows) < 2 or passed.all() or not passed.any():
-        out["note"] = "needs both passing and failing scored candidates"
-        return out
-    columns = {name: np.array([c.judge.values[name] for c in rows], dtype=float) for name in names}
-    columns["score"] = np.array([c.score for c in rows], dtype=float)
-    for name, values in columns.items():
-        u = mannwhitneyu(values[passed], values[~passed], alternative="two-sided").statistic
-        auc = float(u / (passed.sum() * (~passed).sum()))
-        r = float(pointbiserialr(passed, values).statistic) if np.ptp(values) > 0 else float("nan")
-        out[name] = {"auc": round(auc, 4), "point_biserial": None if np.isnan(r) else round(r, 4)}
+    verdicts = random_per_seed([c.id for c in candidates], [c.seed_id for c in candidates], seed)
+    out: Partition[Candidate] = Partition([candidates[i] for i in verdicts.kept])
+    for i, _, chosen in verdicts.dropped:
+        picked = candidates[chosen].id
+        out.dropped.append(
+            REASONS.drop(candidates[i], "not_picked", f"{picked} was picked", picked)
+        )
     return out
 
 
@@ -402,20 +289,23 @@ def calibration(candidates: Sequence[Candidate], names: Sequence[str]) -> dict[s
 
 @dataclass
 class ScoreResult:
-    scored: list[Candidate] = field(default_factory=list)
-    selected: list[Candidate] = field(default_factory=list)
-    rejected: list[Candidate] = field(default_factory=list)
+    """What the stage wrote. The records are read from its files when used (a pool is never
+    held): scored.jsonl, kept.jsonl, dropped.jsonl, their raw texts referenced in raw.jsonl."""
+
+    scored: Sequence[Candidate] = field(default_factory=list)
+    selected: Sequence[Candidate] = field(default_factory=list)
+    rejected: Sequence[Candidate] = field(default_factory=list)
     weights: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _weights(config: Config, scored: list[Candidate], fit_labels: str | None) -> dict[str, Any]:
+def _weights(config: Config, pool: Pool, fit_labels: str | None) -> dict[str, Any]:
     cfg = config.score
     if fit_labels:
         names = [a.name for a in cfg.aspects] + [EXECUTION_FEATURE]
         if fit_labels != "execution" and not Path(fit_labels).is_file():
             raise ScoderError(f"labels file not found: {fit_labels}")
-        info = fit_weights(scored, fit_labels, names, seed=config.random_seed)
+        info = fit_weights(pool, fit_labels, names, seed=config.random_seed)
         info["source"] = "fitted"
         return info
     if cfg.weights_file:
@@ -433,6 +323,88 @@ def _weights(config: Config, scored: list[Candidate], fit_labels: str | None) ->
     return {"weights": equal_weights(cfg), "source": "equal"}
 
 
+@dataclass
+class _Parts:
+    """Where each candidate of the pool is in the stage's parts: file number and byte offset."""
+
+    paths: list[Path] = field(default_factory=list)
+    file: array = field(default_factory=lambda: array("i"))
+    offset: array = field(default_factory=lambda: array("q"))
+
+    def add(self, path: Path, count: int) -> None:
+        offsets = line_offsets(path)
+        if len(offsets) != count:
+            raise ScoderError(f"{path} holds {len(offsets)} records, not the {count} it was given")
+        self.file.extend([len(self.paths)] * count)
+        self.offset.extend(offsets)
+        self.paths.append(path)
+
+
+def _write_outputs(
+    out: Path, parts: _Parts, pool: Pool, verdicts: Verdicts, cfg: ScoreConfig
+) -> dict[str, Any]:
+    """scored.jsonl (input order), kept.jsonl and dropped.jsonl (the verdicts' order), one record
+    at a time from the parts; each candidate's raw texts are written once, to raw.jsonl, and the
+    three files refer to them."""
+    raw_at = array("q")
+    with jsonl_writer(out / RAW_FILE) as write_raw, jsonl_writer(out / "scored.jsonl") as write:
+        i = 0
+        for path in parts.paths:
+            for c in iter_jsonl(path, Candidate):
+                raw_at.append(write_raw(raw_texts(c)))
+                write(
+                    refer_raw(
+                        c.model_copy(update={"score": pool.score(i)}), f"{RAW_FILE}#{raw_at[i]}"
+                    )
+                )
+                i += 1
+
+    with JsonlLines(parts.paths) as lines:
+
+        def scored(i: int) -> Candidate:
+            c = lines.record(parts.file[i], parts.offset[i], Candidate)
+            return refer_raw(
+                c.model_copy(update={"score": pool.score(i)}), f"{RAW_FILE}#{raw_at[i]}"
+            )
+
+        def dropped() -> Any:
+            for i, reason, better in verdicts.dropped:
+                related = pool.ids[better] if better >= 0 else None
+                detail = verdict_detail(pool, cfg, i, reason, better)
+                yield REASONS.drop(scored(i), reason, detail, related)
+
+        return write_partition(out, (scored(i) for i in verdicts.kept), dropped())
+
+
+def _summary(pool: Pool, verdicts: Verdicts, names: list[str]) -> dict[str, Any]:
+    has_scores = pool.has_scores
+    judged = pool.judged
+    per_checkpoint: dict[str | None, dict[str, int]] = {}  # in the order checkpoints appear
+    for checkpoint in pool.checkpoints:
+        per_checkpoint.setdefault(checkpoint, {"candidates": 0, "selected": 0})["candidates"] += 1
+    for i in verdicts.kept:
+        per_checkpoint[pool.checkpoints[i]]["selected"] += 1
+    return {
+        "calibration": calibration(pool, names),
+        "per_checkpoint": per_checkpoint,
+        "execution_status": dict(Counter(s for s in pool.status if s is not None)),
+        "vacuous_tests": sum(1 for s, v in zip(pool.status, pool.vacuous) if s is not None and v),
+        "unscored_rate": round(int((~pool.scored).sum()) / len(pool), 4) if len(pool) else None,
+        "judge_methods": dict(Counter(m for m, j in zip(pool.method, judged) if j)),
+        "unscored_reasons": dict(
+            Counter(
+                (pool.reasons.get(int(i)) or "").split(":")[0]
+                for i in np.flatnonzero(pool.scores_none)
+            )
+        ),
+        "mean_aspect_scores": {
+            n: round(float(np.mean(pool.values(n)[has_scores])), 3)
+            for n in names
+            if has_scores.any()
+        },
+    }
+
+
 def run_score(
     config: Config,
     candidates_path: Path | None = None,
@@ -443,11 +415,13 @@ def run_score(
     force: bool = False,
 ) -> tuple[RunDir, ScoreResult]:
     """`scoder score`: candidates -> RUN/score/scored.jsonl (every candidate, executed and
-    judged), kept.jsonl (the best per seed) and dropped.jsonl (the others, with reasons)."""
+    judged), kept.jsonl (the best per seed) and dropped.jsonl (the others, with reasons), their
+    raw outputs and stderr once in raw.jsonl. The pool streams: one chunk of candidates is in
+    memory at a time, and of the whole pool only its small fields (`Pool`)."""
     cfg = config.score
     run = run or RunDir(config.run_dir)
-    candidates_path = candidates_path or run.stage_dir("synthesize") / "kept.jsonl"
-    candidates = load_candidates(candidates_path, "synthesize")
+    candidates_path = Path(candidates_path or run.stage_dir("synthesize") / "kept.jsonl")
+    candidates = scan_candidates(candidates_path, "synthesize")
     isolation = available_isolation() if cfg.sandbox.isolation == "auto" else cfg.sandbox.isolation
     template = JUDGE_TEMPLATES[cfg.template]
     judge_model: dict[str, Any] = {}
@@ -485,8 +459,11 @@ def run_score(
     timings = {"execution_s": 0.0, "judge_s": 0.0}
     with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
         out = run.stage_dir(STAGE)
+        inputs = RawReader(candidates_path.parent)
 
         def produce(number: int, chunk: Sequence[Candidate]) -> list[Candidate]:
+            # a part holds its records whole: an input that refers to its raw texts inlines them
+            chunk = [inputs.inline(c) for c in chunk]
             started = time.perf_counter()
             executions = verify(chunk, cfg)
             timings["execution_s"] += time.perf_counter() - started
@@ -501,66 +478,41 @@ def run_score(
                 for c, e, j in zip(chunk, executions, judgements)
             ]
 
-        scored: list[Candidate] = []
+        names = [a.name for a in cfg.aspects]
+        pool, parts = Pool(names), _Parts()
         resumed = passed = 0
         with track(
             "scoring (execution + judge)", total=len(candidates), unit="candidates"
         ) as progress:
-            for _, records, was_resumed in resumable_chunks(
-                candidates, cfg.chunk_size, out / "parts", Candidate, produce
+            for number, (_, records, was_resumed) in enumerate(
+                resumable_chunks(candidates, cfg.chunk_size, out / "parts", Candidate, produce)
             ):
-                scored.extend(records)
+                for c in records:
+                    pool.add(c)
+                parts.add(part_path(out / "parts", number), len(records))
                 resumed += was_resumed
                 passed += sum(1 for c in records if c.execution and c.execution.status == "passed")
                 progress.advance(len(records), passed=passed)
+        inputs.close()
+        candidates.close()
 
-        weights_info = _weights(config, scored, fit_labels)
-        weights = weights_info["weights"]
-        scored = [c.model_copy(update={"score": combined_score(c, weights)}) for c in scored]
-        best = select_best(scored, cfg)
-        selected, rejected = best.kept, best.dropped
-        names = [a.name for a in cfg.aspects]
-        summary = {
-            "weights": weights_info,
-            "calibration": calibration(scored, names),
-            "per_checkpoint": _per_checkpoint(scored, selected),
-            "execution_status": dict(Counter(c.execution.status for c in scored if c.execution)),
-            "vacuous_tests": sum(1 for c in scored if c.execution and c.execution.vacuous),
-            "unscored_rate": round(sum(c.score is None for c in scored) / len(scored), 4)
-            if scored
-            else None,
-            "judge_methods": dict(Counter(c.judge.method for c in scored if c.judge)),
-            "unscored_reasons": dict(
-                Counter(
-                    (c.judge.reason or "").split(":")[0]
-                    for c in scored
-                    if c.judge and c.judge.scores is None
-                )
-            ),
-            "mean_aspect_scores": {
-                n: round(
-                    float(
-                        np.mean([c.judge.values[n] for c in scored if c.judge and c.judge.scores])
-                    ),
-                    3,
-                )
-                for n in names
-                if any(c.judge and c.judge.scores for c in scored)
-            },
-        }
-        write_jsonl(out / "scored.jsonl", scored)
-        best.write(out)
+        weights_info = _weights(config, pool, fit_labels)
+        pool.set_scores(pool.weighted_scores(weights_info["weights"]))
+        verdicts = best_per_seed(pool, cfg)
+        summary = {"weights": weights_info, **_summary(pool, verdicts, names)}
+        counts = _write_outputs(out, parts, pool, verdicts, cfg)
         write_json(out / "weights.json", weights_info)
         write_json(out / "summary.json", summary)
+        scored = int(pool.scored.sum())
         record.counts = {
-            "candidates": len(scored),
-            "seeds": len({c.seed_id for c in scored}),
-            "scored": sum(1 for c in scored if c.score is not None),
-            "unscored": sum(1 for c in scored if c.score is None),
-            "executed_passed": sum(1 for c in scored if c.execution and c.execution.trusted_pass),
-            "selected": len(selected),
-            "rejected": len(rejected),
-            "rejected_by_reason": dict(Counter(c.drop.reason for c in rejected if c.drop)),
+            "candidates": len(pool),
+            "seeds": len(set(pool.seeds)),
+            "scored": scored,
+            "unscored": len(pool) - scored,
+            "executed_passed": int(pool.trusted_pass.sum()),
+            "selected": counts["kept"],
+            "rejected": counts["dropped"],
+            "rejected_by_reason": counts["dropped_by_reason"],
             "resumed_chunks": resumed,
         }
         record.info.update(
@@ -576,7 +528,14 @@ def run_score(
                 "timings": {k: round(v, 3) for k, v in timings.items()},
             }
         )
-    return run, ScoreResult(scored, selected, rejected, weights_info, summary)
+    result = ScoreResult(
+        StoredRecords(out / "scored.jsonl", Candidate, count=len(pool)),
+        StoredRecords(out / KEPT, Candidate, count=counts["kept"]),
+        StoredRecords(out / DROPPED, Candidate, count=counts["dropped"]),
+        weights_info,
+        summary,
+    )
+    return run, result
 
 
 def run_pick_random(
@@ -590,23 +549,30 @@ def run_pick_random(
     """The score stage of the 'no scorer' ablation: a random candidate per seed, nothing run or
     judged (RUN/score/kept.jsonl, dropped.jsonl)."""
     run = run or RunDir(config.run_dir)
-    candidates = load_candidates(candidates_path, "synthesize")
+    ids: list[str] = []
+    seeds: dict[str, str] = {}
+    seed_of: list[str] = []
+
+    def note(c: Candidate) -> None:
+        ids.append(c.id)
+        seed_of.append(seeds.setdefault(c.seed_id, c.seed_id))
+
+    candidates = scan_candidates(Path(candidates_path), "synthesize", each=note)
     stage_fp = fingerprint(
         {"pick": "random", "seed": seed, "candidates": file_digest(candidates_path)}
     )
     with run.stage(STAGE, config=config, fingerprint=stage_fp, force=force) as record:
-        picked = pick_random_per_seed(candidates, seed)
-        record.counts = picked.write(run.stage_dir(STAGE))
+        verdicts = random_per_seed(ids, seed_of, seed)
+        out = run.stage_dir(STAGE)
+        kept = StoredRecords(out / KEPT, Candidate, count=len(verdicts.kept))
+        dropped = StoredRecords(out / DROPPED, Candidate, count=len(verdicts.dropped))
+
+        def drops() -> Any:
+            positions = [i for i, _, _ in verdicts.dropped]
+            for c, (_, _, chosen) in zip(candidates.read(positions), verdicts.dropped):
+                yield REASONS.drop(c, "not_picked", f"{ids[chosen]} was picked", ids[chosen])
+
+        record.counts = write_partition(out, candidates.read(verdicts.kept), drops())
+        candidates.close()
         record.info["scorer"] = "none: a random candidate per seed (ablation)"
-    return run, picked
-
-
-def _per_checkpoint(
-    scored: Sequence[Candidate], selected: Sequence[Candidate]
-) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = defaultdict(lambda: {"candidates": 0, "selected": 0})
-    for c in scored:
-        out[c.checkpoint]["candidates"] += 1
-    for c in selected:
-        out[c.checkpoint]["selected"] += 1
-    return dict(out)
+    return run, Partition(kept, dropped)  # type: ignore[arg-type]

@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -30,19 +30,19 @@ from scoder import executors
 from scoder.checkpoints import check_checkpoint, read_checkpoint
 from scoder.config import Config, SelectConfig, SelectionName
 from scoder.errors import ScoderError
-from scoder.filters import DropReasons, Partition
+from scoder.filters import DROPPED, KEPT, DropReasons, Partition, write_partition
 from scoder.influence import Example, gradient_features, influence_scores
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model, swap_adapter
 from scoder.progress import track
-from scoder.records import Candidate, load_candidates
+from scoder.records import Candidate, StoredRecords, rebase_raw, scan_candidates
 from scoder.store import (
     RunDir,
     atomic_write_bytes,
     file_digest,
     fingerprint,
+    jsonl_writer,
     read_jsonl,
     write_json,
-    write_jsonl,
 )
 from scoder.train import build_examples, resolve_template, tokenize_example
 
@@ -54,20 +54,35 @@ REASONS = DropReasons(STAGE, SelectDrop)
 
 # --- selection strategies ------------------------------------------------------------------------
 
-Strategy = Callable[[Sequence[Candidate], int, int], list[Candidate]]
+
+class Rankable(Protocol):
+    """What a strategy ranks by: a Candidate, or a pool's `Ranked` (its small fields)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def score(self) -> float | None: ...
+
+    @property
+    def influence(self) -> float | None: ...
 
 
-def influence_top_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candidate]:
+C = TypeVar("C", bound=Rankable)
+Strategy = Callable[[Sequence[Any], int, int], list[Any]]  # (Sequence[C], k, seed) -> list[C]
+
+
+def influence_top_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
     """Highest influence on D_p first (ties by id)."""
     return sorted(candidates, key=lambda c: (-_defined(c.influence), c.id))
 
 
-def judge_top_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candidate]:
+def judge_top_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
     """Highest weighted judge score first (unscored last, ties by id): judge-top@k."""
     return sorted(candidates, key=lambda c: (-_defined(c.score), c.id))
 
 
-def random_k(candidates: Sequence[Candidate], k: int, seed: int) -> list[Candidate]:
+def random_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
     """k drawn at random without replacement (in input order), then the rest: random@k."""
     rng = np.random.default_rng(seed)
     k = min(k, len(candidates))
@@ -216,7 +231,7 @@ def influence_checkpoints(checkpoints: Sequence[Path], last: int | None) -> list
 def compute_influence(
     config: Config,
     run: RunDir,
-    candidates: list[Candidate],
+    candidates: Sequence[Candidate],
     candidates_source: str,
     dp_path: Path,
     checkpoints: Sequence[Path],
@@ -406,10 +421,21 @@ def _features_on(
 
 @dataclass
 class SelectResult:
-    kept: list[Candidate] = field(default_factory=list)
-    dropped: list[Candidate] = field(default_factory=list)
-    baselines: dict[str, list[Candidate]] = field(default_factory=dict)
+    """What the stage wrote; the records are read from its files when used."""
+
+    kept: Sequence[Candidate] = field(default_factory=list)
+    dropped: Sequence[Candidate] = field(default_factory=list)
+    baselines: dict[str, Sequence[Candidate]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Ranked(NamedTuple):
+    """What a strategy ranks a candidate by, without its texts: a pool's ranking holds these."""
+
+    id: str
+    score: float | None
+    influence: float | None
+    position: int  # in the stage's input
 
 
 def run_select(
@@ -432,12 +458,20 @@ def run_select(
     select.k, else select.fraction of the candidates; `seed` (default random_seed) draws
     random@k. With `shard=(i, n)` only the features of every n-th candidate (starting at the
     i-th, 1-based) are computed into RUN/features/, for a later full run to reuse.
+
+    Ranking holds each candidate's id and scores (`Ranked`); the records stay on disk and are
+    written one at a time, their raw texts still referred to where the score stage stored them.
     """
     cfg = config.select
     run = run or RunDir(config.run_dir)
     seed = config.random_seed if seed is None else seed
-    candidates_path = candidates_path or run.stage_dir("score") / "kept.jsonl"
-    candidates = load_candidates(candidates_path, "score")
+    candidates_path = Path(candidates_path or run.stage_dir("score") / "kept.jsonl")
+    entries: list[Ranked] = []
+
+    def note(c: Candidate) -> None:
+        entries.append(Ranked(c.id, c.score, c.influence, len(entries)))
+
+    candidates = scan_candidates(candidates_path, "score", each=note)
     needs_influence = strategy == "influence" or shard is not None
     problems = []
     if needs_influence and (dp is None or not Path(dp).is_file()):
@@ -458,16 +492,22 @@ def run_select(
                 f"--shard {index}/{count}: the shard number must be between 1 and {count}"
             )
         candidates = candidates[index - 1 :: count]
+        entries = [e._replace(position=i) for i, e in enumerate(entries[index - 1 :: count])]
     if needs_influence and not read_jsonl(dp):
         raise ScoderError(f"select: the D_p file {dp} holds no samples")
-    ref = resolve_model(config.model.name, revision=config.model.revision)
+    # the model only matters to influence (judge-top and random rank without it)
+    ref = (
+        resolve_model(config.model.name, revision=config.model.revision)
+        if needs_influence
+        else None
+    )
     stage_fp = fingerprint(
         {
             "select": select_reads(cfg),
             "strategy": strategy,
             "k": k,
             "seed": seed,
-            "model": ref.digest if needs_influence else None,
+            "model": ref.digest if ref is not None else None,
             "checkpoints": [file_digest(p / "adapter_model.safetensors") for p in checkpoints],
             "candidates": file_digest(candidates_path),
             "dp": file_digest(dp) if needs_influence else None,
@@ -481,7 +521,7 @@ def run_select(
     stage = STAGE if shard is None else f"{STAGE}-shard-{shard[0]}-of-{shard[1]}"
     with run.stage(stage, config=config, fingerprint=stage_fp, force=force) as record:
         out = run.stage_dir(stage)
-        pool = Partition(list(candidates))
+        pool, undefined = entries, []
         influence = None
         if needs_influence:
             tag = "part" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
@@ -497,19 +537,26 @@ def run_select(
                     "features_reused": influence.features_reused,
                 }
                 return run, SelectResult(
-                    summary={"shard": list(shard), "candidates": len(pool.kept)}
+                    summary={"shard": list(shard), "candidates": len(candidates)}
                 )
-            pool = _with_influence(candidates, influence.scores)
-        k = k or cfg.k or max(1, round(cfg.fraction * len(pool.kept)))
-        chosen = choose(strategy, pool.kept, k, seed)
-        kept = chosen.kept
-        dropped = pool.dropped + chosen.dropped
-        baselines = {
-            name: choose(base, pool.kept, k, seed).kept for name, base in BASELINES.items()
-        }
-        counts = Partition(kept, dropped).write(out)
-        for name, chosen_set in baselines.items():
-            write_jsonl(out / "baselines" / f"{name}.jsonl", chosen_set)
+            pool, undefined = _with_influence(entries, influence.scores)
+        k = k or cfg.k or max(1, round(cfg.fraction * len(pool)))
+        ranked: list[Ranked] = STRATEGIES[strategy](pool, k, seed)
+        chosen = {name: STRATEGIES[base](pool, k, seed)[:k] for name, base in BASELINES.items()}
+        writer = _Writer(candidates, candidates_path.parent, influence is not None)
+        counts = write_partition(
+            out,
+            writer.records(ranked[:k], out),
+            writer.dropped(undefined, ranked[k:], k, strategy, out),
+        )
+        baselines: dict[str, Sequence[Candidate]] = {}
+        for name, picked in chosen.items():
+            path = out / "baselines" / f"{name}.jsonl"
+            with jsonl_writer(path) as write:
+                for c in writer.records(picked, path.parent):
+                    write(c)
+            baselines[name] = StoredRecords(path, Candidate, count=len(picked))
+        candidates.close()
         record.counts = {
             "candidates": len(candidates),
             "strategy": strategy,
@@ -520,7 +567,7 @@ def run_select(
             "strategy": strategy,
             "k": k,
             "overlap_with_judge_top_at_k": len(
-                {c.id for c in kept} & {c.id for c in baselines["judge_top_at_k"]}
+                {e.id for e in ranked[:k]} & {e.id for e in chosen["judge_top_at_k"]}
             ),
         }
         if influence is not None:
@@ -534,16 +581,51 @@ def run_select(
             }
             summary["checkpoints"] = influence.checkpoints
         write_json(out / "summary.json", summary)
+    kept = StoredRecords(out / KEPT, Candidate, count=counts["kept"])
+    dropped = StoredRecords(out / DROPPED, Candidate, count=counts["dropped"])
     return run, SelectResult(kept, dropped, baselines, summary)
 
 
-def _with_influence(candidates: list[Candidate], scores: np.ndarray) -> Partition[Candidate]:
-    """Candidates with their influence; those whose gradient is undefined dropped."""
-    out: Partition[Candidate] = Partition()
-    for c, value in zip(candidates, scores):
+UNDEFINED = "gradient undefined (no response tokens or not finite)"
+
+
+def _with_influence(entries: list[Ranked], scores: np.ndarray) -> tuple[list[Ranked], list[int]]:
+    """Candidates with their influence, and the positions of those whose gradient is undefined
+    (dropped)."""
+    pool, undefined = [], []
+    for e, value in zip(entries, scores):
         if np.isnan(value):
-            why = "gradient undefined (no response tokens or not finite)"
-            out.dropped.append(REASONS.drop(c, "influence_undefined", why))
+            undefined.append(e.position)
         else:
-            out.kept.append(c.model_copy(update={"influence": float(value)}))
-    return out
+            pool.append(e._replace(influence=float(value)))
+    return pool, undefined
+
+
+@dataclass
+class _Writer:
+    """The records of a ranking read back from the stage's input, as its output files hold them:
+    with their influence, their raw references relative to the file they go into."""
+
+    candidates: StoredRecords[Candidate]
+    source: Path  # the input's directory, which its raw references are relative to
+    with_influence: bool
+
+    def records(self, ranked: Sequence[Ranked], into: Path) -> Iterator[Candidate]:
+        for e, c in zip(ranked, self.candidates.read(e.position for e in ranked)):
+            if self.with_influence:
+                c = c.model_copy(update={"influence": e.influence})
+            yield rebase_raw(c, self.source, into)
+
+    def dropped(
+        self,
+        undefined: list[int],
+        below: Sequence[Ranked],
+        k: int,
+        strategy: str,
+        into: Path,
+    ) -> Iterator[Candidate]:
+        for c in self.candidates.read(undefined):
+            yield rebase_raw(REASONS.drop(c, "influence_undefined", UNDEFINED), self.source, into)
+        for rank, c in enumerate(self.records(below, into), start=k + 1):
+            detail = "not drawn" if strategy == "random" else f"rank {rank} > k={k}"
+            yield REASONS.drop(c, "below_top_k", f"{detail} ({strategy})")

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from scoder.errors import ScoderError
+from scoder.progress import say
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -159,38 +160,128 @@ def _as_dict(record: BaseModel | dict) -> dict:
     return record.model_dump(mode="json") if isinstance(record, BaseModel) else record
 
 
+@contextmanager
+def jsonl_writer(path: str | Path) -> Iterator[Callable[[BaseModel | dict], int]]:
+    """A function that appends one record as a JSON line and returns the byte offset it starts
+    at (for a reference to it); the file appears, atomically, when the block ends."""
+    offset = 0
+
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+
+        def write(record: BaseModel | dict) -> int:
+            nonlocal offset
+            line = (json.dumps(_as_dict(record), ensure_ascii=False) + "\n").encode("utf-8")
+            fh.write(line)
+            at, offset = offset, offset + len(line)
+            return at
+
+        yield write
+
+
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
     """Records as JSON lines, written one at a time (never the whole file in memory), atomically."""
     count = 0
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+    with jsonl_writer(path) as write:
         for record in records:
-            fh.write(json.dumps(_as_dict(record), ensure_ascii=False) + "\n")
+            write(record)
             count += 1
     return count
 
 
-def read_jsonl(path: str | Path, model: type[T] | None = None) -> list[Any]:
-    """Read a JSONL file; a corrupt or foreign line is an error naming the file and line."""
+BLANK = object()  # what a blank line of a JSONL file parses to: no record
+
+
+def parse_jsonl_line(path: Path, number: int, raw: bytes, model: type[T] | None = None) -> Any:
+    """One line of a JSONL file as a record (BLANK for a blank line); a corrupt or foreign line
+    is an error naming the file and line."""
+    try:
+        line = raw.decode("utf-8")
+        if not line.strip():
+            return BLANK
+        obj = json.loads(line)
+        return model.model_validate(obj) if model else obj
+    except UnicodeDecodeError as exc:
+        raise StoreError(
+            f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)"
+        ) from None
+    # ValueError: invalid JSON, a record that does not validate, or an integer too long to
+    # convert; RecursionError: nesting too deep for the parser
+    except (ValueError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{path}:{number}: not a valid record ({first})") from None
+
+
+def scan_jsonl(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, raw line) of each line, one line in memory at a time."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"file not found: {path}")
-    out = []
+    offset = 0
     with path.open("rb") as fh:  # lines split on \n alone, each decoded: errors name their line
         for number, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-                if not line.strip():
-                    continue
-                obj = json.loads(line)
-                out.append(model.model_validate(obj) if model else obj)
-            except UnicodeDecodeError as exc:
-                raise StoreError(
-                    f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)"
-                ) from None
-            except (json.JSONDecodeError, ValidationError) as exc:
-                first = str(exc).splitlines()[0]
-                raise StoreError(f"{path}:{number}: not a valid record ({first})") from None
-    return out
+            yield number, offset, raw
+            offset += len(raw)
+
+
+def line_offsets(path: str | Path) -> list[int]:
+    """The byte offsets of the records' lines of a JSONL file (blank lines have none)."""
+    return [offset for _, offset, raw in scan_jsonl(path) if raw.decode("utf-8", "replace").strip()]
+
+
+def iter_jsonl(path: str | Path, model: type[T] | None = None) -> Iterator[Any]:
+    """The records of a JSONL file, read one line at a time (a stage's pass over a pool)."""
+    path = Path(path)
+    for number, _, raw in scan_jsonl(path):
+        record = parse_jsonl_line(path, number, raw, model)
+        if record is not BLANK:
+            yield record
+
+
+def read_jsonl(path: str | Path, model: type[T] | None = None) -> list[Any]:
+    """Read a JSONL file; a corrupt or foreign line is an error naming the file and line."""
+    return list(iter_jsonl(path, model))
+
+
+class JsonlLines:
+    """Lines of JSONL files read back by (file, byte offset): the random access a stage needs to
+    write records in an order other than the one they were read in, without holding them. A few
+    files stay open at a time (a pool's parts may be thousands)."""
+
+    def __init__(self, paths: Sequence[str | Path], open_files: int = 16) -> None:
+        self.paths = [Path(p) for p in paths]
+        self._open: dict[int, Any] = {}
+        self._limit = open_files
+
+    def line(self, file: int, offset: int) -> bytes:
+        fh = self._open.pop(file, None)
+        if fh is None:
+            if len(self._open) >= self._limit:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+            fh = self.paths[file].open("rb")
+        self._open[file] = fh  # most recently used last
+        fh.seek(offset)
+        return fh.readline()
+
+    def record(self, file: int, offset: int, model: type[T] | None = None) -> Any:
+        raw = self.line(file, offset)
+        return parse_jsonl_line(self.paths[file], 0, raw, model)
+
+    def close(self) -> None:
+        for fh in self._open.values():
+            fh.close()
+        self._open.clear()
+
+    def __enter__(self) -> JsonlLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def part_path(parts_dir: Path, number: int) -> Path:
+    """The file of a stage's chunk `number` (0-based) under its parts directory."""
+    return parts_dir / f"part-{number:05d}.jsonl"
 
 
 def resumable_chunks(
@@ -205,15 +296,22 @@ def resumable_chunks(
     A chunk whose part file exists is read back instead of produced again, so a killed stage
     resumes after its last finished chunk. Yields (chunk, records, resumed).
     """
+    reused = 0
     for start in range(0, len(items), chunk_size):
         chunk = items[start : start + chunk_size]
-        part = parts_dir / f"part-{start // chunk_size:05d}.jsonl"
+        part = part_path(parts_dir, start // chunk_size)
         if part.is_file():
+            reused += 1
             yield chunk, read_jsonl(part, record_type), True
-        else:
-            records = produce(start // chunk_size, chunk)
-            write_jsonl(part, records)
-            yield chunk, records, False
+            continue
+        if reused:
+            say(f"resuming: {reused} finished chunks reused from {parts_dir}")
+            reused = 0
+        records = produce(start // chunk_size, chunk)
+        write_jsonl(part, records)
+        yield chunk, records, False
+    if reused:
+        say(f"resuming: all {reused} chunks were finished already in {parts_dir}")
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -280,10 +378,15 @@ class StageRecord:
 
 
 class RunDir:
-    """One run's output directory and its manifest.json."""
+    """One run's output directory and its manifest.json.
 
-    def __init__(self, path: str | Path):
+    `root` is the whole run's directory when this one is a part of it (a round of `scoder run`):
+    paths under it that a stage records are stored relative to this directory, so that a run
+    copied or moved elsewhere never points into the old place."""
+
+    def __init__(self, path: str | Path, root: str | Path | None = None):
         self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path
 
     @property
     def manifest_path(self) -> Path:
@@ -361,11 +464,27 @@ class RunDir:
         entry["status"] = "done"
         self._finish(name, entry, record, started)
 
+    def _relative(self, value: Any) -> Any:
+        """`value` with every absolute path inside the run's root made relative to this
+        directory ("../0/train/..." for another round's checkpoint); other values as they are."""
+        if isinstance(value, dict):
+            return {key: self._relative(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._relative(item) for item in value]
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str) and value.startswith(os.sep):
+            root = str(self.root.resolve())
+            resolved = os.path.realpath(value)
+            if resolved == root or resolved.startswith(root + os.sep):
+                return Path(os.path.relpath(resolved, self.path.resolve())).as_posix()
+        return value
+
     def _finish(self, name: str, entry: dict, record: StageRecord, started: float) -> None:
         entry["finished_at"] = now_iso()
         entry["duration_s"] = round(time.time() - started, 3)
         entry["counts"] = record.counts
-        entry.update(record.info)
+        entry.update(self._relative(record.info))
         manifest = self.load_manifest()
         manifest.setdefault("stages", {})[name] = entry
         manifest["updated_at"] = now_iso()
