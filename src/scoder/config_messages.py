@@ -4,6 +4,7 @@ that once was config went."""
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -28,7 +29,8 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        dotted = ".".join(loc) or "(top level)"
+        # a key with control characters in it is shown quoted: raw, it would break the line
+        dotted = ".".join(p if p.isprintable() else repr(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden" and dotted in MOVED_KEYS:
             msg = f"no longer a config key: {MOVED_KEYS[dotted]}"
         elif err["type"] == "extra_forbidden":
@@ -38,7 +40,8 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
             if hint:
                 msg += f" (did you mean {hint[0]!r}?)"
         else:
-            msg = err["msg"]
+            # pydantic names types as reprs ("for <class 'pathlib.Path'>"): name them plainly
+            msg = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", err["msg"])
             if (
                 "input" in err
                 and err["type"] not in ("missing",)
@@ -59,3 +62,15 @@ def _allowed_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
             return []
         model = field.annotation
     return sorted(model.model_fields)
+
+
+def yaml_problem(exc: Exception) -> str:
+    """What is wrong with a YAML file, on one line, with where (PyYAML's own message spans several
+    lines, quoting the text around the problem)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())

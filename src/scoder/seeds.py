@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 import fnmatch
 import hashlib
+import os
 import platform
+import re
 import stat
 import subprocess
 import sysconfig
@@ -32,7 +34,7 @@ from scoder.records import Seed, SeedSource
 from scoder.store import RunDir, StoreError, fingerprint, read_jsonl
 
 STAGE = "seeds"
-VERSION = "seeds/1"  # bump when the same config would mine other seeds
+VERSION = "seeds/2"  # bump when the same config would mine other seeds
 SeedDrop = Literal[
     "duplicate",
     "empty",
@@ -183,14 +185,20 @@ def _file_units(
         rels.sort(key=lambda rel: _shuffle_key(random_seed, rel))
     inside = root.resolve()
     for rel in rels:
-        yield _file_unit(inside, root / rel, SeedSource(kind=kind, location=rel), cfg)
+        # a file name that is not UTF-8 is recorded with U+FFFD for its odd bytes (JSON cannot
+        # hold the raw bytes); the file itself is read by its real name
+        location = os.fsencode(rel).decode("utf-8", "replace")
+        yield _file_unit(inside, root / rel, SeedSource(kind=kind, location=location), cfg)
 
 
 def _file_unit(inside: Path, path: Path, source: SeedSource, cfg: SeedsConfig) -> _Unit:
     """A file's bytes, or why it is not read: never a file outside the source tree (a link to
     /etc/passwd, or to a settings module elsewhere, would send its text to the synthesizer) and
     never a FIFO or a device (reading one can block forever)."""
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        return _Unit(source, None, 0, ("unreadable", "a symbolic link loop"))
     if not real.is_relative_to(inside):
         return _Unit(source, None, 0, ("outside_source", f"a link to {real}, outside {inside}"))
     try:
@@ -324,11 +332,15 @@ def _seeds_of_unit(unit: _Unit, cfg: SeedsConfig) -> Iterator[Seed]:
                 "ignore"
             )  # invalid escape sequences in old code are not our business
             tree = ast.parse(text)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:  # too deep: not for us
         yield drop("syntax_error", f"{type(exc).__name__}: {exc}")
         return
 
-    lines = text.splitlines()
+    # lines as Python numbers them: str.splitlines also splits on form feeds, U+2028 and other
+    # separators the tokenizer does not count, which would shift every span after one
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines[-1] == "":  # the text's final newline ends the last line, it starts none
+        lines.pop()
     if cfg.unit == "whole":
         spans = [(1, len(lines), None)]
     else:

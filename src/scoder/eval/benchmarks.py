@@ -88,18 +88,33 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise BenchmarkError(f"benchmark file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    number = 0
+    try:
+        with opener(path, "rb") as f:  # bytes, decoded a line at a time: errors name their line
+            for number, raw in enumerate(f, 1):
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise BenchmarkError(f"{path}:{number}: not JSON ({exc.msg})") from None
+                except (ValueError, RecursionError):  # an integer too long, nesting too deep
+                    raise BenchmarkError(f"{path}:{number}: not JSON this reader accepts") from None
+    except UnicodeDecodeError as exc:
+        raise BenchmarkError(f"{path}:{number}: not UTF-8 ({exc.reason})") from None
+    except (EOFError, OSError) as exc:  # a cut or foreign gzip stream
+        raise BenchmarkError(
+            f"{path}:{number + 1}: cannot be read ({exc or 'cut short'})"
+        ) from None
     return rows
 
 
 def _require(row: dict, keys: tuple[str, ...], path: Path, name: str) -> None:
+    if not isinstance(row, dict):
+        raise BenchmarkError(
+            f"{path}: a row is {type(row).__name__}, not an object: is this a {name} file?"
+        )
     missing = [k for k in keys if k not in row]
     if missing:
         raise BenchmarkError(
@@ -189,7 +204,15 @@ def load_benchmark(name: str, path: str | Path | None = None) -> list[BenchmarkT
                 f"benchmark {name!r} needs a file: set benchmark_files.{name} in the config"
             )
         path = humaneval_path()
-    tasks = _LOADERS[name](Path(path))
+    try:
+        tasks = _LOADERS[name](Path(path))
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+        # a row whose fields have the wrong types (a number for a prompt, a list for a name)
+        detail = " ".join(str(exc).split())[:200]
+        raise BenchmarkError(
+            f"{path}: a row's fields have the wrong types ({type(exc).__name__}: {detail}): is "
+            f"this a {name} file?"
+        ) from None
     if not tasks:
         raise BenchmarkError(f"{path}: no {name} tasks in it")
     return tasks

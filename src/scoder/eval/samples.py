@@ -21,15 +21,21 @@ def load_samples(
     by_id = {t.task_id: t for t in tasks}
     excluded = EXCLUDED.get(benchmark, {})
     out: dict[str, list[dict]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ScoderError(f"{where}: not UTF-8 ({exc.reason})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ScoderError(f"{where}: not JSON ({exc.msg})") from None
+            except (ValueError, RecursionError):  # an integer too long, nesting too deep
+                raise ScoderError(f"{where}: not JSON this reader accepts") from None
             if not isinstance(row, dict) or not isinstance(row.get("task_id"), str):
                 raise ScoderError(f"{where}: a samples row needs a string task_id")
             task_id = row["task_id"]
