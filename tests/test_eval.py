@@ -266,13 +266,33 @@ def test_extracted_corpus_passes(corpus_tasks):
 
 
 @needs_sandbox
-def test_humaneval_canonical_solutions_all_pass(humaneval):
+def test_humaneval_canonical_solutions_all_pass_and_resume_per_chunk(
+    humaneval, tmp_path, monkeypatch
+):
+    from scoder.eval import execute
+
     tasks = list(humaneval.values())
-    outcome = evaluate_solutions("humaneval", tasks, canonical_rows(tasks), SandboxConfig())
+    monkeypatch.setattr(execute, "EXECUTION_CHUNK", 50)
+    parts = tmp_path / "executed"
+    outcome = evaluate_solutions(
+        "humaneval", tasks, canonical_rows(tasks), SandboxConfig(), parts_dir=parts
+    )
     summary = summarize("humaneval", outcome.samples, [1])
     assert len(outcome.samples) == 164
     assert [s.task_id for s in outcome.samples if not s.passed] == []
     assert summary["pass_at_k"] == {"base": {"pass@1": 1.0}}
+    # a kill after the third chunk: the evaluation again runs only the last one
+    assert len(list(parts.glob("part-*.jsonl"))) == 4
+    (parts / "part-00003.jsonl").unlink()
+    ran = []
+    real = execute.run_batch
+    monkeypatch.setattr(
+        execute, "run_batch", lambda programs, *a: ran.append(len(programs)) or real(programs, *a)
+    )
+    again = evaluate_solutions(
+        "humaneval", tasks, canonical_rows(tasks), SandboxConfig(), parts_dir=parts
+    )
+    assert ran == [14] and again.samples == outcome.samples
 
 
 @needs_sandbox

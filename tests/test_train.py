@@ -84,7 +84,8 @@ def test_same_config_reproduces_the_same_adapter(tmp_path, tiny_model_dir, dp_fi
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 
 
-@pytest.mark.parametrize("every", [2])  # per epoch: test_loop's kill during round-1 training
+# every 2 steps; per epoch: test_loop's kill trials; resume points off: it starts over
+@pytest.mark.parametrize("every", [2, "off"])
 def test_a_training_cut_short_resumes_from_its_last_step_to_the_same_checkpoints(
     tmp_path, tiny_model_dir, dp_file, monkeypatch, every
 ):
@@ -96,7 +97,7 @@ def test_a_training_cut_short_resumes_from_its_last_step_to_the_same_checkpoints
 
     from scoder import train
 
-    extra = [f"train.save_every_steps={every}"] if every else []
+    extra = ["train.resume_points=false"] if every == "off" else [f"train.save_every_steps={every}"]
     whole = run_train(load_config(None, settings(tmp_path, tiny_model_dir, "a", *extra)), dp_file)[
         1
     ]
@@ -111,10 +112,13 @@ def test_a_training_cut_short_resumes_from_its_last_step_to_the_same_checkpoints
     with pytest.raises(RuntimeError, match="cut short"):
         run_train(cfg, dp_file)
     monkeypatch.undo()
+    trainer_saves = list((tmp_path / "b" / "train" / "trainer").glob("checkpoint-*"))
+    assert len(trainer_saves) == (0 if every == "off" else 1)
     run, resumed = run_train(cfg, dp_file)
     stage = run.load_manifest()["stages"]["train"]
     # the crash came before the trainer saved step 4: scoder's step-4 checkpoint is made again
-    assert stage["resumed_at_step"] == (2 if every else 3) and stage["counts"]["steps"] == 6
+    assert stage.get("resumed_at_step") == {2: 2, "off": None}[every]
+    assert stage["counts"]["steps"] == 6
     assert [c["step"] for c in resumed["checkpoints"]] == [c["step"] for c in whole["checkpoints"]]
     for a, b in zip(whole["checkpoints"], resumed["checkpoints"]):
         assert a["mean_lr"] == b["mean_lr"] and Path(a["path"]).name == Path(b["path"]).name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import sys
 import warnings
@@ -19,7 +18,7 @@ from scoder import decontaminate as decontaminate_stage
 from scoder import display, executors, plan, progress
 from scoder.config import Config, ModelConfig, load_config
 from scoder.dataset import push_to_hub
-from scoder.errors import ScoderError
+from scoder.errors import ScoderError, describe_os_error
 from scoder.eval import benchmark_file, run_eval
 from scoder.eval.benchmarks import BENCHMARKS
 from scoder.loop import plan_loop, run_loop
@@ -95,15 +94,6 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _os_error(exc: OSError) -> str:
-    where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full{where}: free space and run the same command again to resume"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied{where}"
-    return f"{exc.strerror or exc}{where}"
-
-
 def friendly_errors(fn: F) -> F:
     """Every failure ends in one clear message and a non-zero exit code (2: bad input; 1: the
     environment or a bug), not a traceback; --debug shows the traceback, and RUN/log.txt keeps
@@ -131,7 +121,7 @@ def friendly_errors(fn: F) -> F:
             if DEBUG["on"]:
                 raise
             if isinstance(exc, OSError):
-                raise _fail(_os_error(exc), 1) from None
+                raise _fail(describe_os_error(exc), 1) from None
             if isinstance(exc, ImportError):
                 raise _fail(
                     f"a package scoder needs is missing: {exc.name or exc} (pip install it, or "

@@ -24,7 +24,7 @@ from scoder.config import Config, ModelConfig, TrainConfig
 from scoder.errors import ScoderError
 from scoder.influence import Example
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model
-from scoder.progress import ProgressTask, track
+from scoder.progress import ProgressTask, say, track
 from scoder.store import RunDir, file_digest, fingerprint, read_jsonl, write_json
 from scoder.templates import PLAIN_TEMPLATE_ID, SYNTHESIS_TEMPLATES, render_plain
 
@@ -309,7 +309,9 @@ def build_trainer(
         # The trainer's own checkpoints (optimizer, scheduler, RNG, place in the data), at
         # scoder's cadence, only the last kept: a training cut short resumes from it. scoder
         # writes its own checkpoints (named Adam state, mean lr) beside them.
-        save_strategy="steps" if cfg.save_every_steps else "epoch",
+        save_strategy=(
+            "no" if not cfg.resume_points else "steps" if cfg.save_every_steps else "epoch"
+        ),
         save_steps=cfg.save_every_steps or 500,
         save_total_limit=1,
         logging_steps=1,
@@ -413,6 +415,8 @@ def fit(
     resume = _last_trainer_checkpoint(job.out)
     if resume is not None:
         callback.resume_at(resume[1])
+        if trainer.is_world_process_zero():
+            say(f"resuming: the training continues from step {resume[1]}, its last saved state")
     with track(f"training ({job.task})", total=None, unit="steps") as progress:
         trainer.add_callback(_progress_callback(progress))
         result = trainer.train(resume_from_checkpoint=resume[0] if resume else None)

@@ -2,7 +2,8 @@
 
 Each sample runs in a process of its own (`scoder.sandbox.run_many`), with the time limit its
 task allows: a multiple of the canonical solution's time for MBPP+ (never less than the sandbox's
-`timeout_s`), rounded so that samples with the same limit share a batch.
+`timeout_s`), rounded so that samples with the same limit share a batch. Given a parts directory,
+verdicts are saved a chunk at a time: a killed evaluation resumes after its last finished chunk.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scoder.config import SandboxConfig
 from scoder.eval.benchmarks import BenchmarkTask
@@ -20,6 +22,11 @@ from scoder.eval.mbppplus import Expected, expected_outputs
 from scoder.eval.programs import program
 from scoder.eval.sandboxed import run_batch
 from scoder.sandbox import ExecResult
+from scoder.store import resumable_chunks
+
+# Samples executed per saved chunk: large enough that the sandbox's workers stay busy, small
+# enough that a kill loses little.
+EXECUTION_CHUNK = 256
 
 
 class SampleResult(BaseModel):
@@ -40,7 +47,8 @@ class SampleResult(BaseModel):
     tests_passed: int
     tests_total: int
     detail: str = ""
-    wall_s: float
+    # An older run's rows carry their wall time; rows compared across runs no longer do.
+    wall_s: float | None = Field(default=None, exclude=True)
 
 
 @dataclass
@@ -60,9 +68,11 @@ def evaluate_solutions(
     benchmark_sha: str = "",
     time_factor: float = 4.0,
     canonical_timeout_s: float = 60.0,
+    parts_dir: Path | None = None,
 ) -> EvalOutcome:
     """Run every sample of every task in the sandbox; `solutions` maps task id -> rows with at
-    least `solution` (a complete program). Tasks without rows are skipped."""
+    least `solution` (a complete program). Tasks without rows are skipped. With `parts_dir`,
+    finished chunks are saved there and read back instead of run again."""
     started = time.perf_counter()
     excluded: dict[str, str] = {}
     expected: dict[str, Expected] = {}
@@ -85,14 +95,29 @@ def evaluate_solutions(
             jobs.append((task, row, program(benchmark, task, row["solution"], exp)))
             timeouts.append(limit)
     run_started = time.perf_counter()
-    results = _run_grouped([j[2] for j in jobs], timeouts, sandbox)
+    isolations: list[str] = []
+
+    def execute(_: int, chunk: Sequence[int]) -> list[SampleResult]:
+        results = _run_grouped([jobs[i][2] for i in chunk], [timeouts[i] for i in chunk], sandbox)
+        isolations.extend(r.isolation for r in results[:1])
+        return [
+            _sample_result(benchmark, jobs[i][0], jobs[i][1], result)
+            for i, result in zip(chunk, results)
+        ]
+
+    indices = list(range(len(jobs)))
+    if parts_dir is None:
+        samples = execute(0, indices)
+    else:
+        samples = [
+            sample
+            for _, part, _ in resumable_chunks(
+                indices, EXECUTION_CHUNK, parts_dir, SampleResult, execute
+            )
+            for sample in part
+        ]
     seconds["execution_s"] = round(time.perf_counter() - run_started, 3)
-    samples = [
-        _sample_result(benchmark, task, row, result)
-        for (task, row, _), result in zip(jobs, results)
-    ]
-    isolation = results[0].isolation if results else ""
-    return EvalOutcome(samples, excluded, seconds, isolation)
+    return EvalOutcome(samples, excluded, seconds, isolations[0] if isolations else "")
 
 
 def _time_limit(base: float, exp: Expected | None, factor: float) -> float:
@@ -130,7 +155,6 @@ def _sample_result(
         tests_passed=result.tests_passed,
         tests_total=result.tests_total,
         detail=result.detail,
-        wall_s=round(result.wall_s, 4),
     )
 
 

@@ -195,6 +195,7 @@ def run_eval(
         outcome = evaluate_solutions(
             benchmark, tasks, solutions, cfg.sandbox, benchmark_sha=bench_sha,
             time_factor=cfg.time_factor, canonical_timeout_s=cfg.canonical_timeout_s,
+            parts_dir=out / "executed",
         )  # fmt: skip
         for task_id, why in outcome.excluded.items():
             print(f"scoder eval: {task_id} excluded: {why}", file=sys.stderr)

@@ -79,7 +79,7 @@ class Run:
         return self.ledger.root
 
     def at(self, rel: str) -> RunDir:
-        return RunDir(self.path / rel)
+        return RunDir(self.path / rel, root=self.path)
 
     def file(self, rel: str | None) -> Path:
         if rel is None:

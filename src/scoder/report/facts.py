@@ -272,8 +272,13 @@ def run_facts(path: Path, *, sample_limit: int = 5000) -> RunFacts:
         if (path / "final" / "manifest.json").is_file()
         else None
     )
+    # pass@k per evaluated model ("base": the tuned code model itself; else an adapter's name)
     evaluation = {
-        name: dict(score.get("pass_at_k", {}))
+        name: {
+            (metric if model == "base" else f"{model} {metric}"): value
+            for model, metrics in (score.get("pass_at_k") or {}).items()
+            for metric, value in metrics.items()
+        }
         for name, score in (summary.get("eval") or {}).items()
     }
     config = (_json(path / "manifest.json") or {}).get("config", {})
