@@ -28,7 +28,14 @@ import threading
 import time
 
 from scoder.sandbox.isolation import Launch, build_launch, get_host, work_dir
-from scoder.sandbox.process import EXIT_GRACE_S, STDERR_CAP, Capture, Outcome, Reports
+from scoder.sandbox.process import (
+    EXIT_GRACE_S,
+    STDERR_CAP,
+    Capture,
+    Outcome,
+    Reports,
+    read_into,
+)
 from scoder.sandbox.result import IsolationLevel, SandboxError, one_line
 
 REPORT_FD = 3  # the report pipe's fd in the child (scoder.sandbox.zygote puts it there)
@@ -172,7 +179,7 @@ class Zygote:
                         sel.unregister(self.sock)
                         sel.unregister(self.pidfd)
                         ended_at = time.monotonic()
-                    elif not _read(key):
+                    elif not read_into(key):
                         sel.unregister(key.fd)
                         readers -= 1
         finally:
@@ -257,16 +264,6 @@ class Zygote:
     def close(self) -> None:
         """Kill the sandbox; return once its processes are gone and its work dir removed."""
         self._stack.close()
-
-
-def _read(key: selectors.SelectorKey) -> bool:
-    try:
-        data = os.read(key.fd, 65536)
-    except BlockingIOError:
-        return True
-    if data:
-        key.data.feed(data)
-    return bool(data)
 
 
 class Worker:

@@ -175,7 +175,7 @@ class Process:
                         self._drain_reports()
                         self._kill(sweep=self.reports.final is None and not timed_out)
                         exited_at = time.monotonic()
-                    elif not self._read(key):
+                    elif not read_into(key):
                         sel.unregister(key.fd)
                         readers -= 1
         finally:
@@ -201,15 +201,6 @@ class Process:
             return sent
         except BrokenPipeError:
             return len(self.payload)  # it died before reading its job: the verdict says so
-
-    def _read(self, key: selectors.SelectorKey) -> bool:
-        try:
-            data = os.read(key.fd, 65536)
-        except BlockingIOError:
-            return True
-        if data:
-            key.data.feed(data)
-        return bool(data)
 
     def _drain_reports(self) -> None:
         while True:
@@ -239,3 +230,14 @@ class Process:
                 stderr=subprocess.DEVNULL,
                 check=False,
             )
+
+
+def read_into(key: selectors.SelectorKey) -> bool:
+    """Feed what a ready pipe holds to its reader (key.data); False at end of file."""
+    try:
+        data = os.read(key.fd, 65536)
+    except BlockingIOError:
+        return True
+    if data:
+        key.data.feed(data)
+    return bool(data)
