@@ -274,10 +274,12 @@ def test_code_task_model_loads_with_transformers_and_peft(tmp_path, tiny_model_d
     assert result.exit_code == 0, result.output
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train"]
     assert stage["task"] == "code" and stage["format"] == "chat template"
-    ckpt = stage["checkpoints"][-1]["path"]
+    # the manifest holds paths inside the run relative to the run directory
+    assert not Path(stage["checkpoints"][-1]["path"]).is_absolute()
+    ckpt = tmp_path / "run" / stage["checkpoints"][-1]["path"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with_adapter = PeftModel.from_pretrained(base, ckpt)
-    merged = AutoModelForCausalLM.from_pretrained(stage["merged_model"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / stage["merged_model"])
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(
         with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5, rtol=1e-5

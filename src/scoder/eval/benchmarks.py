@@ -118,7 +118,7 @@ def _require(row: dict, keys: tuple[str, ...], path: Path, name: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
         raise BenchmarkError(
-            f"{path}: a row ({row.get('task_id', '?')}) lacks {', '.join(missing)}: "
+            f"{path}: a row ({str(row.get('task_id', '?'))[:80]!r}) lacks {', '.join(missing)}: "
             f"is this a {name} file?"
         )
 
