@@ -417,16 +417,17 @@ def test_select_killed_mid_checkpoint_resumes_to_the_same_features_and_selection
     script = f"""
 import os, signal, sys
 from pathlib import Path
+import scoder.feature_store as store
 import scoder.select as select
 from scoder.config import load_config
-real, saved = select.save_part, []
+real, saved = store.save_part, []
 def save_then_die(*args, **kwargs):
     path = real(*args, **kwargs)
     saved.append(path)
     if len(saved) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-select.save_part = save_then_die
+store.save_part = save_then_die
 select.run_select(load_config(None, {killed_sets!r}), Path({str(cands)!r}), dp=Path({str(dp)!r}),
                   checkpoints=[Path(p) for p in {[str(c) for c in checkpoints]!r}])
 """

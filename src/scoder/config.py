@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from scoder.config_experiment import ExperimentConfig, SelectionName
 from scoder.config_messages import format_validation_error, yaml_problem
 from scoder.config_scale import TRAIN_HOW_NOT_WHAT, DistributedConfig, ExecutorConfig, Section
 from scoder.errors import ScoderError
@@ -21,8 +22,6 @@ from scoder.templates import EVAL_TEMPLATES, JUDGE_TEMPLATES, SYNTHESIS_TEMPLATE
 
 # The evaluation benchmarks scoder knows (scoder.eval.benchmarks loads them).
 BenchmarkName = Literal["humaneval", "mbppplus", "mbpp"]
-# How a round's top-k is chosen (scoder.select.STRATEGIES).
-SelectionName = Literal["influence", "judge", "random"]
 
 
 class ConfigError(ScoderError):
@@ -401,8 +400,11 @@ class SelectConfig(Section):
     )
     missing_optimizer_state: Literal["error", "plain"] = Field(
         default="error",
-        description="plain = fall back to plain gradients (recorded) when a "
-        "checkpoint has no usable Adam state.",
+        description="plain = plain gradients (recorded) where a checkpoint has no Adam state.",
+    )
+    rds_aggregate: Literal["max", "mean"] = Field(
+        default="max",
+        description="RDS+: a candidate's cosine to its nearest D_p row, or to D_p's mean.",
     )
 
 
@@ -540,19 +542,15 @@ class LoopConfig(Section):
     selection: SelectionName = Field(
         default="influence",
         description="How the round's top-k is chosen: influence on D_p (the method), judge "
-        "score (judge-top@k, ablation 'no influence') or random@k.",
+        "score, rds (RDS+), random, passed_random or all (see `scoder experiment`).",
     )
     train_baselines: bool = Field(
-        default=False,
-        description="Also train a synthesizer on the random@k and judge-top@k selections and "
-        "report their held-out D_p loss beside the chosen selection's (costs two trainings).",
+        default=False, description="Also train on random@k and judge-top@k (two trainings)."
     )
     stop_metric: Literal["none", "mean_selected_score", "heldout_dp_loss"] = Field(
         default="none", description="Stop early when this stops improving."
     )
-    stop_min_delta: float = Field(
-        default=0.0, ge=0.0, description="Improvement below this counts as none."
-    )
+    stop_min_delta: float = Field(0.0, ge=0.0, description="Improvement below this is none.")
 
     @model_validator(mode="after")
     def _rounds_need_enhance(self) -> LoopConfig:
@@ -625,6 +623,7 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
     @model_validator(mode="after")
     def _synthesizer_checkpoints(self) -> Config:

@@ -147,11 +147,17 @@ class Candidate(_Record):
     judge: Judgement | None = None
     score: float | None = None
     influence: float | None = None  # filled by the select stage
+    rds: float | None = None  # RDS+ similarity to D_p, filled by the select stage (strategy rds)
     drop: Drop | None = None
     # Where raw_output and execution.stderr are when they are not inline (then both are ""):
     # "<raw store>#<byte offset of its row>", the store's path relative to the directory of the
     # file holding this record. None: inline (older runs; stages before scoring).
     raw_ref: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Its own tests passed in the sandbox, and they test something."""
+        return self.execution is not None and self.execution.trusted_pass
 
 
 class RawTexts(_Record):

@@ -3,8 +3,11 @@
 Selection strategies are functions of one shape, chosen by name (`loop.selection`): the
 candidates, k and a random seed in, the candidates in the order the strategy ranks them out (the
 first k are kept). `influence` ranks by the candidates' influence on D_p, `judge` by their
-weighted judge score, `random` draws k at random. Beside the kept set the stage writes the
-budget-matched baselines random@k and judge-top@k, so every selection can be compared.
+weighted judge score, `rds` by RDS+ similarity to D_p (scoder.representation), `random` draws k
+at random, `passed_random` draws k among those whose own tests passed (then the rest), `all`
+keeps every candidate. Beside the kept set the stage writes the budget-matched baselines
+random@k and judge-top@k, so every selection can be compared (`scoder experiment` compares them
+all, trained).
 
 Influence, for each of the last select.checkpoints synthesizer checkpoints k: candidates' LoRA
 gradients, Adam-preconditioned with that checkpoint's optimizer state, and D_p's plain gradients,
@@ -16,9 +19,8 @@ they are computed, and reused when neither the tokens nor the checkpoint changed
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,21 +32,22 @@ from scoder import executors
 from scoder.checkpoints import check_checkpoint, read_checkpoint
 from scoder.config import Config, SelectConfig, SelectionName
 from scoder.errors import ScoderError
+from scoder.feature_store import cached_features
 from scoder.filters import DROPPED, KEPT, DropReasons, Partition, write_partition
 from scoder.influence import Example, gradient_features, influence_scores
 from scoder.models import load_causal_lm, load_tokenizer, resolve_model, swap_adapter
 from scoder.progress import track
 from scoder.records import Candidate, StoredRecords, rebase_raw, scan_candidates
+from scoder.representation import compute_rds, sample_tokens
 from scoder.store import (
     RunDir,
-    atomic_write_bytes,
     file_digest,
     fingerprint,
     jsonl_writer,
     read_jsonl,
     write_json,
 )
-from scoder.train import build_examples, resolve_template, tokenize_example
+from scoder.train import training_examples
 
 STAGE = "select"
 VERSION = "select/2"  # bump when the same inputs would select other candidates
@@ -67,6 +70,12 @@ class Rankable(Protocol):
     @property
     def influence(self) -> float | None: ...
 
+    @property
+    def rds(self) -> float | None: ...
+
+    @property
+    def passed(self) -> bool: ...
+
 
 C = TypeVar("C", bound=Rankable)
 Strategy = Callable[[Sequence[Any], int, int], list[Any]]  # (Sequence[C], k, seed) -> list[C]
@@ -82,6 +91,11 @@ def judge_top_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
     return sorted(candidates, key=lambda c: (-_defined(c.score), c.id))
 
 
+def rds_top_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
+    """Most similar to D_p first by RDS+ (ties by id)."""
+    return sorted(candidates, key=lambda c: (-_defined(c.rds), c.id))
+
+
 def random_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
     """k drawn at random without replacement (in input order), then the rest: random@k."""
     rng = np.random.default_rng(seed)
@@ -91,14 +105,29 @@ def random_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
     return [candidates[i] for i in drawn] + [c for i, c in enumerate(candidates) if i not in chosen]
 
 
+def passed_random_k(candidates: Sequence[C], k: int, seed: int) -> list[C]:
+    """random@k among the candidates whose own tests passed (trusted), then, when fewer passed
+    than k, random@k of the others: execution-passed-random@k."""
+    passed = [c for c in candidates if c.passed]
+    rest = [c for c in candidates if not c.passed]
+    return random_k(passed, k, seed) + random_k(rest, max(0, k - len(passed)), seed)
+
+
+def all_candidates(candidates: Sequence[C], k: int, seed: int) -> list[C]:
+    """Every candidate, in input order (no selection: the run's k is the pool)."""
+    return list(candidates)
+
+
 # Settings that change how fast and in how much memory features are computed, not what they are:
 # changing them re-runs nothing.
 HOW_NOT_WHAT = {"batch_tokens", "chunk_rows", "loss_chunk_tokens", "gradient_checkpointing"}
 
 
-def select_reads(cfg: SelectConfig) -> dict[str, Any]:
-    """The select settings a selection depends on (its identity in the stage and the loop)."""
-    return cfg.model_dump(mode="json", exclude=HOW_NOT_WHAT)
+def select_reads(cfg: SelectConfig, strategy: SelectionName = "influence") -> dict[str, Any]:
+    """The select settings a selection by `strategy` depends on (its identity in the stage and
+    the loop)."""
+    ignored = HOW_NOT_WHAT | (set() if strategy == "rds" else {"rds_aggregate"})
+    return cfg.model_dump(mode="json", exclude=ignored)
 
 
 def _defined(value: float | None) -> float:
@@ -108,7 +137,10 @@ def _defined(value: float | None) -> float:
 STRATEGIES: dict[SelectionName, Strategy] = {
     "influence": influence_top_k,
     "judge": judge_top_k,
+    "rds": rds_top_k,
     "random": random_k,
+    "passed_random": passed_random_k,
+    "all": all_candidates,
 }
 # The budget-matched comparison sets written beside every selection: file name -> strategy.
 BASELINES: dict[str, SelectionName] = {"random_at_k": "random", "judge_top_at_k": "judge"}
@@ -121,84 +153,17 @@ def choose(
     ranked = STRATEGIES[strategy](candidates, k, seed)
     out: Partition[Candidate] = Partition(ranked[:k])
     for rank, c in enumerate(ranked[k:], start=k + 1):
-        detail = "not drawn" if strategy == "random" else f"rank {rank} > k={k}"
-        out.dropped.append(REASONS.drop(c, "below_top_k", f"{detail} ({strategy})"))
+        out.dropped.append(REASONS.drop(c, "below_top_k", below_detail(strategy, rank, k)))
     return out
 
 
+def below_detail(strategy: str, rank: int, k: int) -> str:
+    """Why a candidate ranked below k was dropped, in words."""
+    drawn = strategy in ("random", "passed_random")
+    return f"{'not drawn' if drawn else f'rank {rank} > k={k}'} ({strategy})"
+
+
 # --- influence -------------------------------------------------------------------------------------
-
-
-def training_examples(
-    rows: list[dict[str, Any]], tokenizer: Any, config: Config, source: str
-) -> list[Example]:
-    """The synthesizer's training samples as the tokens its trainer sees: built by the code that
-    builds them for `scoder train` (template, chat or plain format) and tokenized as TRL does."""
-    plain = resolve_template(config.train, tokenizer, config.model.name or "the synthesizer")
-    examples = build_examples(rows, "synthesizer", config.synthesis.template, source, plain=plain)
-    return [tokenize_example(ex, tokenizer) for ex in examples]
-
-
-def _token_key(example: Example) -> str:
-    blob = json.dumps([example.prompt_ids, example.response_ids]).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
-
-
-def cached_features(
-    store: Path,
-    examples: list[Example],
-    compute: Callable[[list[Example]], np.ndarray],
-    *,
-    chunk_rows: int = 256,
-    tag: str = "part",
-    description: str = "gradient features",
-) -> tuple[np.ndarray, int]:
-    """Features for examples, computing only those whose tokens no part file in `store` holds.
-
-    The missing examples are computed `chunk_rows` at a time, in order, and each chunk is saved
-    as it finishes (`<tag>-<hash>.npy` + `.json` index, the index written last), so a killed run
-    loses at most one chunk and its resumption computes the same chunks as an uninterrupted run;
-    parts from shards run elsewhere can simply be copied in. Returns the features in example
-    order and how many rows were reused.
-    """
-    keys = [_token_key(ex) for ex in examples]
-    known: dict[str, tuple[np.ndarray, int]] = {}
-    for index_file in sorted(store.glob("*.json")):
-        array_file = index_file.with_suffix(".npy")
-        if index_file.name == "spec.json" or not array_file.is_file():
-            continue
-        array = np.load(array_file, mmap_mode="r")
-        for row, key in enumerate(json.loads(index_file.read_text())):
-            known.setdefault(key, (array, row))
-    reused = sum(1 for k in keys if k in known)
-    position = {}
-    for i, k in enumerate(keys):
-        if k not in known:
-            position.setdefault(k, i)
-    missing = list(position)
-    if missing:
-        with track(description, total=len(missing), unit="samples") as progress:
-            for start in range(0, len(missing), chunk_rows):
-                chunk = missing[start : start + chunk_rows]
-                fresh = compute([examples[position[k]] for k in chunk]).astype(np.float32)
-                save_part(store, tag, chunk, fresh)
-                for row, key in enumerate(chunk):
-                    known[key] = (fresh, row)
-                progress.advance(len(chunk))
-    if not keys:
-        return np.empty((0, 0), np.float32), 0
-    rows = [np.asarray(known[k][0][known[k][1]]) for k in keys]
-    return np.vstack(rows).astype(np.float32), reused
-
-
-def save_part(store: Path, tag: str, keys: list[str], features: np.ndarray) -> Path:
-    """One chunk of features and its index (written last: an index names a complete array)."""
-    part = store / f"{tag}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:12]}"
-    buffer = io.BytesIO()
-    np.save(buffer, features)
-    atomic_write_bytes(part.with_suffix(".npy"), buffer.getvalue())
-    atomic_write_bytes(part.with_suffix(".json"), json.dumps(keys).encode())
-    return part
 
 
 def _adapter_info(path: Path) -> dict[str, Any]:
@@ -217,6 +182,7 @@ class Influence:
     checkpoints: list[dict[str, Any]]
     features_reused: int
     truncated: list[str]  # ids of candidates longer than the truncation length (kept, flagged)
+    tokens: int = 0  # forward + backward tokens of the gradient features
 
 
 def influence_checkpoints(checkpoints: Sequence[Path], last: int | None) -> list[Path]:
@@ -230,7 +196,7 @@ def influence_checkpoints(checkpoints: Sequence[Path], last: int | None) -> list
 
 def compute_influence(
     config: Config,
-    run: RunDir,
+    root: Path,
     candidates: Sequence[Candidate],
     candidates_source: str,
     dp_path: Path,
@@ -238,7 +204,7 @@ def compute_influence(
     *,
     shard_tag: str = "part",
 ) -> Influence:
-    """Gradient features of the candidates and D_p at every checkpoint (cached in RUN/features/),
+    """Gradient features of the candidates and D_p at every checkpoint (cached in ROOT/features/),
     summed into influence scores. One base model stays loaded; each checkpoint swaps its adapter
     and optimizer state in; with an executor, its workers compute them (`_features_on`)."""
     ref = resolve_model(config.model.name, revision=config.model.revision)
@@ -251,10 +217,10 @@ def compute_influence(
     executor = executors.current()
     pad = tokenizer.pad_token_id
     if executor is not None:
-        _features_on(executor, config, run.path, checkpoints, cand_examples, dp_examples, pad)
+        _features_on(executor, config, root, checkpoints, cand_examples, dp_examples, pad)
     cand_feats, dp_feats, lrs, info, reused = checkpoint_features(
         config,
-        run.path,
+        root,
         checkpoints,
         cand_examples,
         dp_examples,
@@ -268,7 +234,12 @@ def compute_influence(
         for c, ex in zip(candidates, cand_examples)
         if len(ex.prompt_ids) + len(ex.response_ids) > max_length
     ]
-    return Influence(influence_scores(cand_feats, dp_feats, lrs), info, reused, truncated)
+    # a gradient feature is a forward and a backward pass over every token, at each checkpoint
+    tokens = len(checkpoints) * sum(
+        len(sample_tokens(ex, max_length)) for ex in cand_examples + dp_examples
+    )
+    scores = influence_scores(cand_feats, dp_feats, lrs)
+    return Influence(scores, info, reused, truncated, tokens)
 
 
 def checkpoint_features(
@@ -436,6 +407,8 @@ class Ranked(NamedTuple):
     score: float | None
     influence: float | None
     position: int  # in the stage's input
+    passed: bool = False
+    rds: float | None = None
 
 
 def run_select(
@@ -449,15 +422,18 @@ def run_select(
     seed: int | None = None,
     run: RunDir | None = None,
     shard: tuple[int, int] | None = None,
+    features_root: Path | None = None,
     force: bool = False,
 ) -> tuple[RunDir, SelectResult]:
     """Keep k candidates by `strategy` into RUN/select/ (kept.jsonl, dropped.jsonl,
     baselines/random_at_k.jsonl and judge_top_at_k.jsonl, summary.json).
 
-    Influence needs the D_p file `dp` and the synthesizer `checkpoints`. k defaults to
-    select.k, else select.fraction of the candidates; `seed` (default random_seed) draws
-    random@k. With `shard=(i, n)` only the features of every n-th candidate (starting at the
-    i-th, 1-based) are computed into RUN/features/, for a later full run to reuse.
+    Influence and RDS+ need the D_p file `dp` and the synthesizer `checkpoints` (RDS+ embeds at
+    the last). k defaults to select.k, else select.fraction of the candidates (strategy all:
+    every candidate); `seed` (default random_seed) draws random@k. With `shard=(i, n)` only the
+    features of every n-th candidate (starting at the i-th, 1-based) are computed into
+    RUN/features/ (or `features_root`/features/, a store several selections share), for a later
+    full run to reuse. The manifest records what the ranking signal cost (`selection_cost`).
 
     Ranking holds each candidate's id and scores (`Ranked`); the records stay on disk and are
     written one at a time, their raw texts still referred to where the score stage stored them.
@@ -469,22 +445,24 @@ def run_select(
     entries: list[Ranked] = []
 
     def note(c: Candidate) -> None:
-        entries.append(Ranked(c.id, c.score, c.influence, len(entries)))
+        entries.append(Ranked(c.id, c.score, c.influence, len(entries), c.passed))
 
     candidates = scan_candidates(candidates_path, "score", each=note)
     needs_influence = strategy == "influence" or shard is not None
+    needs_model = needs_influence or strategy == "rds"
+    signal = "influence" if needs_influence else "RDS+"
     problems = []
-    if needs_influence and (dp is None or not Path(dp).is_file()):
-        problems.append(f"the D_p file (JSONL) is needed for influence; got {dp}")
-    if needs_influence and not checkpoints:
-        problems.append("name the synthesizer checkpoints to estimate influence with")
+    if needs_model and (dp is None or not Path(dp).is_file()):
+        problems.append(f"the D_p file (JSONL) is needed for {signal}; got {dp}")
+    if needs_model and not checkpoints:
+        problems.append(f"name the synthesizer checkpoints to compute {signal} with")
     if problems:
         raise ScoderError("select: " + "; ".join(problems))
-    checkpoints = (
-        influence_checkpoints([check_checkpoint(p) for p in checkpoints], cfg.checkpoints)
-        if needs_influence
-        else []
-    )
+    checkpoints = [check_checkpoint(p) for p in checkpoints] if needs_model else []
+    if needs_influence:
+        checkpoints = influence_checkpoints(checkpoints, cfg.checkpoints)
+    elif needs_model:
+        checkpoints = checkpoints[-1:]  # RDS+: the synthesizer the candidates come from
     if shard is not None:
         index, count = shard
         if not 1 <= index <= count:
@@ -493,27 +471,23 @@ def run_select(
             )
         candidates = candidates[index - 1 :: count]
         entries = [e._replace(position=i) for i, e in enumerate(entries[index - 1 :: count])]
-    if needs_influence and not read_jsonl(dp):
+    if needs_model and not read_jsonl(dp):
         raise ScoderError(f"select: the D_p file {dp} holds no samples")
-    # the model only matters to influence (judge-top and random rank without it)
-    ref = (
-        resolve_model(config.model.name, revision=config.model.revision)
-        if needs_influence
-        else None
-    )
+    # the model only matters to influence and RDS+ (judge-top and random rank without it)
+    ref = resolve_model(config.model.name, revision=config.model.revision) if needs_model else None
     stage_fp = fingerprint(
         {
-            "select": select_reads(cfg),
+            "select": select_reads(cfg, strategy),
             "strategy": strategy,
             "k": k,
             "seed": seed,
             "model": ref.digest if ref is not None else None,
             "checkpoints": [file_digest(p / "adapter_model.safetensors") for p in checkpoints],
             "candidates": file_digest(candidates_path),
-            "dp": file_digest(dp) if needs_influence else None,
+            "dp": file_digest(dp) if needs_model else None,
             # the trainer's tokens: its format and truncation decide what gradients are taken on
             "train_format": [config.train.template, config.train.max_length]
-            if needs_influence
+            if needs_model
             else None,
             "version": VERSION,
         }
@@ -523,10 +497,22 @@ def run_select(
         out = run.stage_dir(stage)
         pool, undefined = entries, []
         influence = None
+        root = Path(features_root) if features_root is not None else run.path
+        started = time.perf_counter()
+        if strategy == "rds":
+            rds = compute_rds(
+                config, root, candidates, str(candidates_path), Path(dp), checkpoints[-1]
+            )
+            pool, undefined = _with_signal(entries, rds.scores, "rds")
+            record.counts["features_reused"] = rds.features_reused
+            record.info["selection_cost"] = _cost("RDS+", started, rds.tokens, rds.features_reused)
         if needs_influence:
             tag = "part" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
             influence = compute_influence(
-                config, run, candidates, str(candidates_path), Path(dp), checkpoints, shard_tag=tag
+                config, root, candidates, str(candidates_path), Path(dp), checkpoints, shard_tag=tag
+            )
+            record.info["selection_cost"] = _cost(
+                "influence", started, influence.tokens, influence.features_reused
             )
             record.info.update(
                 {"checkpoints": influence.checkpoints, "truncated_candidates": influence.truncated}
@@ -539,11 +525,15 @@ def run_select(
                 return run, SelectResult(
                     summary={"shard": list(shard), "candidates": len(candidates)}
                 )
-            pool, undefined = _with_influence(entries, influence.scores)
+            pool, undefined = _with_signal(entries, influence.scores, "influence")
+        if strategy == "all":
+            k = len(pool)
         k = k or cfg.k or max(1, round(cfg.fraction * len(pool)))
         ranked: list[Ranked] = STRATEGIES[strategy](pool, k, seed)
         chosen = {name: STRATEGIES[base](pool, k, seed)[:k] for name, base in BASELINES.items()}
-        writer = _Writer(candidates, candidates_path.parent, influence is not None)
+        writer = _Writer(
+            candidates, candidates_path.parent, influence is not None, strategy == "rds"
+        )
         counts = write_partition(
             out,
             writer.records(ranked[:k], out),
@@ -558,6 +548,7 @@ def run_select(
             baselines[name] = StoredRecords(path, Candidate, count=len(picked))
         candidates.close()
         record.counts = {
+            **record.counts,
             "candidates": len(candidates),
             "strategy": strategy,
             "selected": counts["kept"],
@@ -586,19 +577,27 @@ def run_select(
     return run, SelectResult(kept, dropped, baselines, summary)
 
 
-UNDEFINED = "gradient undefined (no response tokens or not finite)"
+UNDEFINED = "gradient or representation undefined (no response tokens or not finite)"
 
 
-def _with_influence(entries: list[Ranked], scores: np.ndarray) -> tuple[list[Ranked], list[int]]:
-    """Candidates with their influence, and the positions of those whose gradient is undefined
-    (dropped)."""
+def _with_signal(
+    entries: list[Ranked], scores: np.ndarray, name: Literal["influence", "rds"]
+) -> tuple[list[Ranked], list[int]]:
+    """Candidates with their influence (or RDS+ similarity), and the positions of those for
+    which it is undefined (dropped)."""
     pool, undefined = [], []
     for e, value in zip(entries, scores):
         if np.isnan(value):
             undefined.append(e.position)
         else:
-            pool.append(e._replace(influence=float(value)))
+            pool.append(e._replace(**{name: float(value)}))
     return pool, undefined
+
+
+def _cost(signal: str, started: float, tokens: int, reused: int) -> dict[str, Any]:
+    """What computing the ranking signal cost here: seconds, model tokens, rows reused."""
+    seconds = round(time.perf_counter() - started, 3)
+    return {"signal": signal, "seconds": seconds, "tokens": tokens, "features_reused": reused}
 
 
 @dataclass
@@ -609,11 +608,14 @@ class _Writer:
     candidates: StoredRecords[Candidate]
     source: Path  # the input's directory, which its raw references are relative to
     with_influence: bool
+    with_rds: bool = False
 
     def records(self, ranked: Sequence[Ranked], into: Path) -> Iterator[Candidate]:
         for e, c in zip(ranked, self.candidates.read(e.position for e in ranked)):
             if self.with_influence:
                 c = c.model_copy(update={"influence": e.influence})
+            if self.with_rds:
+                c = c.model_copy(update={"rds": e.rds})
             yield rebase_raw(c, self.source, into)
 
     def dropped(
@@ -627,5 +629,4 @@ class _Writer:
         for c in self.candidates.read(undefined):
             yield rebase_raw(REASONS.drop(c, "influence_undefined", UNDEFINED), self.source, into)
         for rank, c in enumerate(self.records(below, into), start=k + 1):
-            detail = "not drawn" if strategy == "random" else f"rank {rank} > k={k}"
-            yield REASONS.drop(c, "below_top_k", f"{detail} ({strategy})")
+            yield REASONS.drop(c, "below_top_k", below_detail(strategy, rank, k))

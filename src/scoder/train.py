@@ -631,3 +631,13 @@ def run_train(
         "trainer": trainer,
         "merged_model": merged,
     }
+
+
+def training_examples(
+    rows: list[dict[str, Any]], tokenizer: Any, config: Config, source: str
+) -> list[Example]:
+    """The synthesizer's training samples as the tokens its trainer sees: built by the code that
+    builds them for `scoder train` (template, chat or plain format) and tokenized as TRL does."""
+    plain = resolve_template(config.train, tokenizer, config.model.name or "the synthesizer")
+    examples = build_examples(rows, "synthesizer", config.synthesis.template, source, plain=plain)
+    return [tokenize_example(ex, tokenizer) for ex in examples]
