@@ -183,3 +183,13 @@ def transformers_server(tiny_model_dir):
     (base_url, the model id it lists: the directory it was given)."""
     with transformers_serve(str(tiny_model_dir)) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def parrot_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny random model, trained until it answers every synthesis prompt with one valid
+    sample and every judge prompt with one valid set of scores: a stand-in for a real model
+    whose outputs parse, execute and score, at a thousandth of its cost."""
+    from loop_helpers import train_parrot
+
+    return train_parrot(tiny_model_dir, tmp_path_factory.mktemp("parrot"))

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from scoder import decontaminate as decontaminate_stage
 from scoder import display, executors, plan, progress
+from scoder.cli_errors import DEBUG, friendly_errors
 from scoder.config import Config, ModelConfig, load_config
 from scoder.dataset import push_to_hub
-from scoder.errors import ScoderError, describe_os_error
+from scoder.errors import ScoderError
 from scoder.eval import benchmark_file, run_eval
 from scoder.eval.benchmarks import BENCHMARKS
-from scoder.loop import plan_loop, run_loop
+from scoder.loop import plan_experiment, plan_loop, run_experiment, run_loop
 from scoder.models import TransformersBackend, load_backend, resolve_model
 from scoder.models.pinned import QWEN_CODER_05B
 from scoder.report import run_facts, write_report
@@ -45,9 +45,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console, err_console = display.console, display.err_console
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEBUG = {"on": False}
 
 
 @app.callback()
@@ -85,56 +82,6 @@ ForceOpt = Annotated[
     bool,
     typer.Option("--force", help="Discard this stage's earlier output in the run directory."),
 ]
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(
-        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True
-    )
-    return typer.Exit(code)
-
-
-def friendly_errors(fn: F) -> F:
-    """Every failure ends in one clear message and a non-zero exit code (2: bad input; 1: the
-    environment or a bug), not a traceback; --debug shows the traceback, and RUN/log.txt keeps
-    it always."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ScoderError as exc:
-            if DEBUG["on"]:
-                raise
-            raise _fail(str(exc), 2) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except KeyboardInterrupt:
-            err_console.print(
-                "[yellow]interrupted.[/] Finished chunks are saved; run the same command again "
-                "to resume.",
-                markup=True,
-            )
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            progress.LOG.exception("%s failed", fn.__name__)
-            if DEBUG["on"]:
-                raise
-            if isinstance(exc, OSError):
-                raise _fail(describe_os_error(exc), 1) from None
-            if isinstance(exc, ImportError):
-                raise _fail(
-                    f"a package scoder needs is missing: {exc.name or exc} (pip install it, or "
-                    "reinstall scoder with its extras)",
-                    1,
-                ) from None
-            raise _fail(
-                f"{type(exc).__name__}: {exc} (a bug or an environment problem; --debug shows "
-                "the traceback, RUN/log.txt has it)",
-                1,
-            ) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _config(
@@ -575,6 +522,37 @@ def plan_(
     cfg, cluster = _config(config, set_, None, log=False), plan.Cluster(gpus, nodes, cpus_per_node)
     bill = plan.plan_config(cfg, cluster, plan.Tokens(tokens_per_sample, completion_tokens), config)
     print(bill.model_dump_json(indent=2)) if json_ else plan.show(bill, console)
+
+
+@app.command()
+@friendly_errors
+def experiment(
+    config: Annotated[Path, typer.Argument(help="YAML run config with an experiment section.")],
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Discard all it made; start afresh.")] = (
+        False
+    ),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would run and why.")] = (
+        False
+    ),
+) -> None:
+    """Does the selection make better data? One round's pool, made once; one synthesizer per
+    selection arm x seed at the same k; held-out D_p loss and next-round quality per arm, with
+    its spread and its cost (RUN/experiment.json, RUN/report.html). Resumes like `scoder run`."""
+    cfg = _config(config, set_, out, log=not dry_run)
+    if dry_run:
+        return display.print_plan(cfg, "experiment")
+    where = escape(str(cfg.run_dir))
+    console.print(f"[bold]scoder experiment[/] -> {where}", soft_wrap=True, markup=True)
+    try:
+        total = len(plan_experiment(cfg))  # the steps it will go through, for "[3/40]"
+    except ScoderError:
+        total = 0  # e.g. a run directory --force is about to discard
+    table = run_experiment(cfg, force=force, report=display.decision_printer(total))
+    display.print_experiment(table)
+    for name in ("experiment.json", write_report(Path(cfg.run_dir)).name):
+        console.print(f"{name}: {Path(cfg.run_dir) / name}", highlight=False, soft_wrap=True)
 
 
 def _run_loop(

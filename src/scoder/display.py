@@ -20,7 +20,7 @@ from rich.text import Text
 
 from scoder.config import Config
 from scoder.ledger import Decision
-from scoder.loop import LoopResult, plan_loop
+from scoder.loop import LoopResult, plan_experiment, plan_loop
 from scoder.report.facts import RunFacts, run_facts
 from scoder.store import RunDir, read_jsonl
 
@@ -72,9 +72,9 @@ def decision_printer(total: int) -> Callable[[Decision], None]:
     return show
 
 
-def print_plan(cfg: Config) -> None:
-    decisions = plan_loop(cfg)
-    table = Table(title=f"scoder run --dry-run: {cfg.run_dir}")
+def print_plan(cfg: Config, command: str = "run") -> None:
+    decisions = plan_experiment(cfg) if command == "experiment" else plan_loop(cfg)
+    table = Table(title=f"scoder {command} --dry-run: {cfg.run_dir}")
     for column in ("step", "action", "why"):
         table.add_column(column, overflow="fold")
     for d in decisions:
@@ -84,6 +84,30 @@ def print_plan(cfg: Config) -> None:
         console.print(
             "steps after a round that runs are listed as if the stopping rule lets the loop go on"
         )
+
+
+def print_experiment(table: dict[str, Any]) -> None:
+    """The experiment's table: per arm, each metric's mean ± std over seeds (≈: within random@k's
+    seed spread), and what the arm's selection cost."""
+    metrics = table["metrics"]
+    out = Table(title="scoder experiment (mean ± std over seeds; ≈ within random@k's spread)")
+    for column in ("arm", *(m["label"] for m in metrics.values()), "selection s", "tokens"):
+        out.add_column(column, overflow="fold")
+    for arm, entry in table["arms"].items():
+        cells = []
+        for name in metrics:
+            s = entry["metrics"][name]
+            mark = {"within spread": " ≈", "better": " ▲", "worse": " ▼"}.get(
+                (entry.get("versus_random") or {}).get(name) or "", ""
+            )
+            std = "" if s["std"] is None else f" ± {s['std']:.3f}"
+            cells.append("-" if s["mean"] is None else f"{s['mean']:.3f}{std}{mark}")
+        cost = entry["cost"]
+        seconds = "-" if cost["seconds"] is None else f"{cost['seconds']:.1f}"
+        out.add_row(arm, *cells, seconds, "-" if cost["tokens"] is None else str(cost["tokens"]))
+    console.print(out)
+    for line in table.get("findings", []):
+        console.print(f"- {line}", highlight=False, soft_wrap=True)
 
 
 def print_rounds(result: LoopResult) -> None:

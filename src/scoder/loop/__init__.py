@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from scoder import executors
-from scoder.config import Config, ModelConfig
+from scoder.config import Config
 from scoder.errors import ScoderError
 from scoder.ledger import LEDGER, Decision, Ledger, Step
 from scoder.loop.context import Run
-from scoder.loop.final import code_model, evaluate, final_dataset
+from scoder.loop.experiment import experiment_recipe
+from scoder.loop.final import code_model, evaluate, final_dataset, lazy, tuned_model
 from scoder.loop.inputs import seed_pool, superior_samples
-from scoder.loop.results import CodeModel, Dataset, LoopResult, RoundSummary, Synthesizer
+from scoder.loop.results import Dataset, LoopResult, RoundSummary, Synthesizer
 from scoder.loop.rounds import one_round, stop_reason, stopping_rule
 from scoder.loop.training import enhance
 from scoder.models import load_backend
@@ -50,8 +51,10 @@ __all__ = [
     "RoundSummary",
     "Synthesizer",
     "discard_run",
+    "plan_experiment",
     "plan_loop",
     "recipe",
+    "run_experiment",
     "run_loop",
     "stop_reason",
 ]
@@ -66,6 +69,8 @@ LOOP_OUTPUTS = (
     "final",
     "eval",
     "code-model",
+    "experiment",
+    "experiment.json",
     "summary.json",
     "manifest.json",
     LEDGER,
@@ -111,7 +116,7 @@ def recipe(run: Run) -> LoopResult | None:
     if tuned is not None:
         # prompted in the format it was trained in: the plain transcript when its training was
         plain = config.code_model.train.template == "plain"
-        backend = _lazy(lambda: load_backend(_tuned_model(run, tuned), plain_transcript=plain))
+        backend = lazy(lambda: load_backend(tuned_model(run, tuned), plain_transcript=plain))
         for benchmark in config.code_model.eval_benchmarks:
             evals[benchmark] = evaluate(run, tuned, benchmark, backend)
     if ledger.dry_run:
@@ -124,29 +129,6 @@ def recipe(run: Run) -> LoopResult | None:
         code_model=tuned.result if tuned else None,
         eval={name: step.result for name, step in evals.items()},
     )
-
-
-def _tuned_model(run: Run, tuned: Step[CodeModel]) -> ModelConfig:
-    """The tuned code model, loaded the way its base model was (device, dtype), in process."""
-    base = run.config.code_model.model or run.config.model
-    update = {
-        "name": str(run.file(tuned.result.model)),
-        "backend": "transformers",
-        "revision": None,
-    }
-    return base.model_copy(update=update)
-
-
-def _lazy(make: Callable[[], Any]) -> Callable[[], Any]:
-    """`make()` once, on first use (a backend is loaded only if a step needs it)."""
-    made: list[Any] = []
-
-    def get() -> Any:
-        if not made:
-            made.append(make())
-        return made[0]
-
-    return get
 
 
 def discard_run(run_dir: Path) -> None:
@@ -181,4 +163,25 @@ def plan_loop(config: Config) -> list[Decision]:
     """`scoder run --dry-run`: what a run would reuse, continue or (re-)run, and why."""
     ledger = Ledger(Path(config.run_dir), dry_run=True)
     recipe(Run(config, ledger))
+    return ledger.decisions
+
+
+def run_experiment(
+    config: Config, *, force: bool = False, report: Callable[[Decision], None] | None = None
+) -> dict[str, Any]:
+    """`scoder experiment`: every step, resumable; writes and returns RUN/experiment.json."""
+    root = Path(config.run_dir)
+    with run_lock(root, "scoder experiment"), executors.activate(config.executor):
+        if force:
+            discard_run(root)
+        table = experiment_recipe(Run(config, Ledger(root, report=report)))
+        assert table is not None
+        write_json(root / "experiment.json", table)
+    return table
+
+
+def plan_experiment(config: Config) -> list[Decision]:
+    """`scoder experiment --dry-run`: what it would reuse, continue or (re-)run, and why."""
+    ledger = Ledger(Path(config.run_dir), dry_run=True)
+    experiment_recipe(Run(config, ledger))
     return ledger.decisions

@@ -4,8 +4,10 @@ on it and its evaluation."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from scoder import train
+from scoder.config import ModelConfig
 from scoder.dataset import data_card, write_dataset
 from scoder.eval import EVALUATOR_VERSION, benchmark_file, run_eval
 from scoder.ledger import Step
@@ -88,29 +90,36 @@ def final_dataset(
     )
 
 
-def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
-    """Fine-tune the code model (its own `code_model` sections) on the dataset; a LoRA is merged,
-    so any tool loads the result. No per-epoch checkpoints: only the final model is wanted."""
+def code_model(
+    run: Run,
+    dataset: Step[Any],
+    data: Callable[[], str | None] | None = None,
+    where: str = "code-model",
+) -> Step[CodeModel]:
+    """Fine-tune the code model (its own `code_model` sections) on the dataset (or on the file
+    `data()` names, e.g. an experiment arm's selection) into `where`; a LoRA is merged, so any
+    tool loads the result. No per-epoch checkpoints: only the final model is wanted."""
     config = run.config
+    data = data or (lambda: dataset.result.dataset)
     cfg = config.code_model
     model = cfg.model or config.model
 
     def make(discard: bool) -> CodeModel:
         _, out = train.run_train(
             config,
-            run.file(dataset.result.dataset),
+            run.file(data()),
             task="code",
             merge=True,
             model=model,
             train_cfg=cfg.train,
             checkpoints=False,
-            run=run.at("code-model"),
+            run=run.at(where),
             force=discard,
         )
         return CodeModel(model=run.rel(out["merged_model"]), checkpoints=len(out["checkpoints"]))
 
     return run.ledger.step(
-        "code-model",
+        where,
         CodeModel,
         code=train.VERSION,
         reads={
@@ -119,16 +128,16 @@ def code_model(run: Run, dataset: Step[Dataset]) -> Step[CodeModel]:
             "random_seed": config.random_seed,
         },
         after=[dataset],
-        outputs=["code-model"],
+        outputs=[where],
         run=make,
     )
 
 
 def evaluate(
-    run: Run, tuned: Step[CodeModel], benchmark: str, backend: Callable
+    run: Run, tuned: Step[CodeModel], benchmark: str, backend: Callable, where: str = ""
 ) -> Step[EvalScore]:
-    """`scoder eval` of the code model on one benchmark (RUN/eval/<benchmark>/), prompted the way
-    it was trained (code_model.eval_prompt)."""
+    """`scoder eval` of the code model on one benchmark (RUN/<where>eval/<benchmark>/), prompted
+    the way it was trained (code_model.eval_prompt)."""
     config = run.config
     prompt = "chat" if config.code_model.eval_prompt == "sft" else "completion"
 
@@ -137,7 +146,7 @@ def evaluate(
             config,
             benchmark,
             prompt=prompt,
-            run=RunDir(run.path),
+            run=RunDir(run.path / where, root=run.path) if where else RunDir(run.path),
             backend=backend(),
             force=discard,
         )
@@ -146,7 +155,7 @@ def evaluate(
         )
 
     return run.ledger.step(
-        f"eval/{benchmark}",
+        f"{where}eval/{benchmark}",
         EvalScore,
         code=EVALUATOR_VERSION,
         reads={
@@ -156,6 +165,29 @@ def evaluate(
             "random_seed": config.random_seed,
         },
         after=[tuned],
-        outputs=[f"eval/{benchmark}"],
+        outputs=[f"{where}eval/{benchmark}"],
         run=make,
     )
+
+
+def tuned_model(run: Run, tuned: Step[CodeModel]) -> ModelConfig:
+    """The tuned code model, loaded the way its base model was (device, dtype), in process."""
+    base = run.config.code_model.model or run.config.model
+    update = {
+        "name": str(run.file(tuned.result.model)),
+        "backend": "transformers",
+        "revision": None,
+    }
+    return base.model_copy(update=update)
+
+
+def lazy(make: Callable[[], Any]) -> Callable[[], Any]:
+    """`make()` once, on first use (a backend is loaded only if a step needs it)."""
+    made: list[Any] = []
+
+    def get() -> Any:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get

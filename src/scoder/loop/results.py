@@ -65,6 +65,16 @@ class RoundSummary(BaseModel):
     trained: Synthesizer
 
 
+class Quality(BaseModel):
+    """A synthesizer's samples on fresh seeds, each executed and judged (`scoder experiment`)."""
+
+    generated: int
+    parsed: int
+    scored: int = 0  # parsed and not dropped by decontamination
+    passed: int = 0  # own tests passed (trusted: the tests test something)
+    judge_score: float | None = None  # mean over judged samples of their mean aspect score
+
+
 class Stop(BaseModel):
     reason: str | None
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoder import decontaminate, score, select, synthesize
-from scoder.config import Config, LoopConfig
+from scoder.config import Config, LoopConfig, SelectionName
 from scoder.errors import ScoderError
 from scoder.ledger import Step
 from scoder.loop.context import (
@@ -167,12 +167,20 @@ def choose_top_k(
     best: Step[Candidates],
     dp: Step[Dp] | None,
     synthesizer: Step[Synthesizer],
+    *,
+    strategy: SelectionName | None = None,
+    draw: int | None = None,
+    name: str | None = None,
+    features: str | None = None,
 ) -> Step[Selection]:
     """The round's top-k by `loop.selection` (influence on D_p at the last select.checkpoints
-    checkpoints of the synthesizer sampled from), with the budget-matched baselines beside it."""
+    checkpoints of the synthesizer sampled from), with the budget-matched baselines beside it.
+    An experiment's arm sets its own `strategy`, random `draw`, step `name`, and the directory
+    whose feature store the arms share (`features`, relative to the run)."""
     config = run.config
-    strategy = config.loop.selection
-    draw = config.random_seed * 1_000 + r
+    strategy = strategy or config.loop.selection
+    draw = config.random_seed * 1_000 + r if draw is None else draw
+    signal = strategy in ("influence", "rds")
 
     def make(discard: bool) -> Selection:
         if not best.result.candidates:
@@ -192,6 +200,7 @@ def choose_top_k(
             k=k,
             seed=draw,
             run=run.at(where),
+            features_root=run.file(features) if features else None,
             force=discard,
         )
         scores = [c.score for c in out.kept if c.score is not None]
@@ -207,21 +216,21 @@ def choose_top_k(
 
     reads: dict[str, Any] = {
         "selection": strategy,
-        "select": select.select_reads(config.select),
+        "select": select.select_reads(config.select, strategy),
         "draw_seed": draw,
     }
-    if strategy == "influence":
+    if signal:
         reads.update(
             model=model_reads(config.model, generation=False),
             train_format=[config.train.template, config.train.max_length],
             template_digest=SYNTHESIS_TEMPLATES[config.synthesis.template].digest,
         )
     return run.ledger.step(
-        f"round-{r}/select",
+        name or f"round-{r}/select",
         Selection,
         code=select.VERSION,
         reads=reads,
-        after=[best, *([dp, synthesizer] if strategy == "influence" else [])],
+        after=[best, *([dp, synthesizer] if signal else [])],
         outputs=[f"{where}/select"],
         run=make,
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoder.report.experiment import ExperimentFacts, read_experiment
 from scoder.store import StoreError, read_jsonl
 
 # Fields of a sample the browser shows; raw outputs and stderr stay in the run's own files.
@@ -69,6 +70,8 @@ class RunFacts:
     evaluation: dict[str, dict[str, float]]
     stopped: dict[str, Any] | None
     config: dict[str, Any]
+    # RUN/experiment.json (`scoder experiment`): None where absent, a sentence where unreadable
+    experiment: ExperimentFacts | str | None = None
 
 
 def _json(path: Path) -> Any:
@@ -141,8 +144,8 @@ def round_facts(
     where: Path, number: int, summary: dict[str, Any] | None, *, sample_limit: int
 ) -> RoundFacts:
     """The facts of one round directory (or the final stage's, which has no selection)."""
-    stages = (_json(where / "manifest.json") or {}).get("stages", {})
-    counts = {name: stage.get("counts", {}) for name, stage in stages.items()}
+    stages = (_json(where / "manifest.json") or {}).get("stages") or {}
+    counts = {name: stage.get("counts") or {} for name, stage in stages.items()}
     synth, decon = counts.get("synthesize", {}), counts.get("decontaminate", {})
     score, select = counts.get("score", {}), counts.get("select", {})
     scored = _jsonl(where / "score" / "scored.jsonl")
@@ -205,7 +208,7 @@ def round_facts(
 
     costs = []
     for name, stage in stages.items():
-        c = stage.get("counts", {})
+        c = stage.get("counts") or {}
         costs.append(
             StageCost(
                 name, stage.get("duration_s"), c.get("prompt_tokens"), c.get("completion_tokens")
@@ -258,7 +261,7 @@ def round_facts(
 def run_facts(path: Path, *, sample_limit: int = 5000) -> RunFacts:
     """Everything the report shows, from the run directory at `path`."""
     summary = _json(path / "summary.json") or {}
-    by_round = {s["round"]: s for s in summary.get("rounds", [])}
+    by_round = {s["round"]: s for s in summary.get("rounds") or []}
     numbers = sorted(
         int(p.name) for p in (path / "rounds").glob("*") if p.name.isdigit() and int(p.name) > 0
     )
@@ -281,5 +284,13 @@ def run_facts(path: Path, *, sample_limit: int = 5000) -> RunFacts:
         }
         for name, score in (summary.get("eval") or {}).items()
     }
-    config = (_json(path / "manifest.json") or {}).get("config", {})
-    return RunFacts(path, rounds, final, evaluation, summary.get("stopped"), config)
+    config = (_json(path / "manifest.json") or {}).get("config") or {}
+    return RunFacts(
+        path,
+        rounds,
+        final,
+        evaluation,
+        summary.get("stopped"),
+        config,
+        experiment=read_experiment(path),
+    )

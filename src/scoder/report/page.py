@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from scoder.report import plots
+from scoder.report.experiment import ExperimentFacts
 from scoder.report.facts import RoundFacts, RunFacts
 
 STYLE = """
@@ -27,6 +28,7 @@ img { max-width: 100%; display: block; margin: 0.5em 0; }
 #samples { table-layout: fixed; width: 100%; } #samples td { overflow-wrap: anywhere; } #samples pre { white-space: pre-wrap; margin: 0; font-size: 12px;
        max-height: 12em; overflow: auto; }
 .controls input, .controls select { margin: 0 1em 0.5em 0; padding: 3px; }
+.measured { white-space: nowrap; }
 """
 
 BROWSER = """
@@ -61,11 +63,17 @@ render();
 """
 
 
+class _Markup(str):
+    """A table cell already rendered as HTML (its text escaped): shown as is, right-aligned."""
+
+
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, _Markup):
+        return value
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -78,7 +86,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="n">{_fmt(c)}</td>' if isinstance(c, int | float) else f"<td>{_fmt(c)}</td>"
+            f'<td class="n">{_fmt(c)}</td>'
+            if isinstance(c, int | float | _Markup)
+            else f"<td>{_fmt(c)}</td>"
             for c in row
         )
         + "</tr>"
@@ -161,6 +171,69 @@ def _round_section(facts: RoundFacts, title: str) -> str:
     return "\n".join(parts)
 
 
+# how an arm compares to random@k on a metric (experiment.json's versus_random)
+VERDICTS = {
+    "within spread": ("≈", "within the seed spread of random@k"),
+    "better": ("▲", "better than random@k, outside its seed spread"),
+    "worse": ("▼", "worse than random@k, outside its seed spread"),
+}
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if value and abs(value) < 0.001 else f"{value:.3f}"
+
+
+def _measured(exp: ExperimentFacts, arm: str, metric: str) -> _Markup:
+    mean, std = exp.mean_std(arm, metric)
+    text = _num(mean) if mean is None or std is None else f"{_num(mean)} ± {_num(std)}"
+    verdict = exp.verdict(arm, metric)
+    if verdict in VERDICTS:
+        mark, title = VERDICTS[verdict]
+        return _Markup(f'<span class="measured" title="{_e(title)}">{_e(text)} {mark}</span>')
+    return _Markup(f'<span class="measured">{_e(text)}</span>')
+
+
+def _experiment_section(exp: ExperimentFacts | str) -> str:
+    """RUN/experiment.json: each arm's metrics over seeds against random@k, and its cost."""
+    parts = ['<h2 id="experiment">Selection experiment</h2>']
+    if isinstance(exp, str):
+        return "\n".join([*parts, f"<p>{_e(exp)}</p>"])
+    d = exp.design
+    every = " (all: every one)" if "all" in d.arms else ""
+    model = f" (model {_e(d.model)})" if d.model else ""
+    parts.append(
+        f"<p>One pool of {_fmt(d.pool)} candidates; each arm keeps k = {_fmt(d.k)} of it{every}, "
+        f"trains once per seed ({_e(', '.join(map(str, d.seeds)))}), and is measured on "
+        f"{_fmt(d.heldout_dp)} held-out D_p rows and on the next round sampled from "
+        f"{_fmt(d.next_seeds)} fresh seeds{model}.</p>"
+    )
+    if exp.findings:
+        parts.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in exp.findings) + "</ul>")
+    if exp.shared:
+        shared = ", ".join(
+            f"{_e(k[:-2])} {_fmt(v)} s" if k.endswith("_s") else f"{_e(k)} {_fmt(v)}"
+            for k, v in exp.shared.items()
+        )
+        parts.append(f"<p class='muted'>shared by every arm: {shared}</p>")
+    metrics = list(exp.metrics)
+    rows = []
+    for arm in exp.arm_order():
+        cost = exp.arms[arm].cost if arm in exp.arms else None
+        spent = [cost.seconds, cost.tokens, cost.what] if cost else [None, None, None]
+        rows.append([arm, *(_measured(exp, arm, m) for m in metrics), *spent])
+    header = ["arm", *(exp.metrics[m].label for m in metrics)]
+    parts.append(_table([*header, "selection seconds", "tokens", "what it costs"], rows))
+    legend = [f"{mark}: {title}" for v, (mark, title) in VERDICTS.items() if v != "within spread"]
+    parts.append(
+        "<p class='muted'>mean ± std over seeds. ≈: within the seed spread of random@k (the "
+        f"ranges over seeds overlap); {_e('; '.join(legend))}.</p>"
+    )
+    parts.append(_img(plots.experiment(exp), "each arm's metrics over seeds"))
+    return "\n".join(parts)
+
+
 def _json_script(element_id: str, value: Any) -> str:
     text = json.dumps(value, default=str).replace("</", "<\\/")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
@@ -173,6 +246,8 @@ def render(facts: RunFacts) -> str:
         sections.append(_round_section(facts.final, "Final dataset"))
     trend = plots.trends(facts.rounds) if len(facts.rounds) > 1 else None
     head = [f"<h1>scoder run report</h1><p class='muted'>{_e(facts.path)}</p>"]
+    if facts.experiment is not None:
+        head.append(_experiment_section(facts.experiment))
     rows = [
         [
             r.round,
@@ -237,6 +312,8 @@ def render(facts: RunFacts) -> str:
 <th>tests</th><th>execution</th><th>scores</th><th>influence</th></tr></thead><tbody></tbody></table>"""
     data = dataclasses.asdict(facts)
     data["path"] = str(facts.path)
+    if isinstance(facts.experiment, ExperimentFacts):
+        data["experiment"] = facts.experiment.model_dump(mode="json")
     for r in [*data["rounds"], *([data["final"]] if data["final"] else [])]:
         r.pop("samples")
     return "\n".join(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from scoder.report.experiment import ExperimentFacts
 from scoder.report.facts import RoundFacts
 
 COLORS = {"kept": "#2b6cb0", "random_at_k": "#dd6b20", "judge_top_at_k": "#38a169"}
@@ -125,4 +127,47 @@ def trends(rounds: Sequence[RoundFacts]) -> str | None:
         ax.set_title(name, fontsize=9)
         ax.set_xticks(xs)
         ax.set_xlabel("round")
+    return _png(fig)
+
+
+def experiment(facts: ExperimentFacts) -> str | None:
+    """One panel per measured metric: x = arm, each seed's value a dot, the mean over seeds a
+    horizontal tick with a +-std bar (random@k in its own colour)."""
+    metrics = facts.measured()
+    if not metrics:
+        return None
+    plt = _pyplot()
+    arms = facts.arm_order()
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.9 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for x, arm in enumerate(arms):
+            color = COLORS["random_at_k"] if arm == "random" else COLORS["kept"]
+            points = [v for _, v in facts.values(arm, metric)]
+            # the seeds side by side around the arm's position, in the file's order
+            n = len(points)
+            offsets = [0.25 * (i / (n - 1) - 0.5) if n > 1 else 0.0 for i in range(n)]
+            ax.plot([x + o for o in offsets], points, "o", color=color, alpha=0.55, markersize=4)
+            mean, std = facts.mean_std(arm, metric)
+            if mean is not None:
+                ax.errorbar(
+                    [x],
+                    [mean],
+                    yerr=[std or 0.0],
+                    fmt="_",
+                    color=color,
+                    markersize=18,
+                    capsize=4,
+                    elinewidth=1.2,
+                )
+        spec = facts.metrics[metric]
+        title = f"{spec.label} ({spec.better} is better)"
+        ax.set_title(textwrap.fill(title, 40), fontsize=9)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
     return _png(fig)
