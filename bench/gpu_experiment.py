@@ -55,11 +55,8 @@ teacher:
 synthesis: {{n: 1, temperature: 0.7, top_p: 0.95, max_new_tokens: {tokens}}}
 
 score:
-  judge:  # the same model judges, in process
-    name: {model}
-    device: {device}
-    dtype: {dtype}
-    batch_size: {batch}
+  # the judge: the same model, in process
+  judge: {{name: {model}, device: {device}, dtype: {dtype}, batch_size: {batch}}}
   max_new_tokens: 48
   sandbox: {{timeout_s: 10}}
 
@@ -89,7 +86,7 @@ def write_config(args: argparse.Namespace, out: Path) -> Path:
     gpu |= dict(dim=8192, seeds=48, arms=", ".join(ARMS), next_seeds=8, tiny_note="")
     if args.tiny:  # the embedded SmolLM2-135M on this CPU: the script's own check
         gpu |= dict(model="null", device="cpu", dtype="float32", batch=16, teacher=6, heldout=2)
-        gpu |= dict(tokens=96, train_batch=4, max_length=640, k=2, dim=2048, seeds=6)
+        gpu |= dict(tokens=200, train_batch=4, max_length=640, k=2, dim=2048, seeds=6)
         gpu |= dict(arms="influence, rds, random", next_seeds=2, tiny_note=" --tiny (CPU sizes)")
     path = out / "config.yaml"
     path.write_text(CONFIG.format(out=json.dumps(str(out)), **gpu), encoding="utf-8")
@@ -114,23 +111,28 @@ def environment(tiny: bool) -> dict:
     return {"device": device, "versions": versions}
 
 
-def run_scoder(cmd: list[str], log_path: Path, budget_s: float) -> tuple[int | None, bool]:
-    """Run it in its own process group, its output to the log; kill the group at the limit."""
+def stop(signum: int, frame: object) -> None:  # SIGTERM: stop the run, still report
+    raise InterruptedError(f"signal {signum}")
+
+
+def run_scoder(cmd: list[str], log_path: Path, budget_s: float) -> tuple[int | None, str | None]:
+    """Run it in its own process group, output to the log; kill it at the limit or on SIGTERM."""
     env = os.environ | {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}  # no network
     with log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         try:
-            return proc.wait(timeout=budget_s), False
-        except subprocess.TimeoutExpired:
+            return proc.wait(timeout=budget_s), None
+        except (subprocess.TimeoutExpired, InterruptedError, KeyboardInterrupt) as exc:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            return None, True
+            cut = isinstance(exc, subprocess.TimeoutExpired)
+            return None, f"cut at --budget-s {budget_s:g}" if cut else "stopped by a signal"
 
 
 def step_seconds(entry: dict) -> float | None:  # the ledger's `seconds`, else its timestamps
@@ -209,9 +211,10 @@ def main() -> int:
     cmd = [sys.executable, "-m", "scoder.cli", "experiment", str(config), "--out", str(out)]
     cmd += ["--force"] if args.force else []
     start = time.time()
-    rc, timed_out = run_scoder(cmd, out / "experiment.log", args.budget_s)
+    signal.signal(signal.SIGTERM, stop)
+    rc, cut = run_scoder(cmd, out / "experiment.log", args.budget_s)
     record |= {"total_wall_s": round(time.time() - start, 1), "scoder_rc": rc}
-    record |= {"budget_s": args.budget_s, "timed_out": timed_out}
+    record |= {"budget_s": args.budget_s, "timed_out": cut is not None and "budget" in cut}
     timing, partial = ledger_summary(out)
     table_path = out / "experiment.json"
     fresh = table_path.is_file() and table_path.stat().st_mtime >= start
@@ -230,13 +233,10 @@ def main() -> int:
     else:
         record["arms"], record["arms_from"] = partial, "ledger (finished steps only)"
     record["steps"] = timing
-    if timed_out:
-        record["error"] = f"cut at --budget-s {args.budget_s:g} s"
-    elif rc != 0:
-        record["error"] = f"scoder experiment exited with {rc}"
+    record["error"] = cut or (f"scoder experiment exited with {rc}" if rc else None)
     if not record["finished"]:
         tail = (out / "experiment.log").read_text(errors="replace").splitlines()[-40:]
-        why = record.get("error", "not finished")
+        why = record["error"] or "not finished"
         print(f"{why}; the end of {out}/experiment.log:", *tail, sep="\n", file=sys.stderr)
     line = json.dumps(record, default=str)
     with (out / "gpu_experiment.json").open("a", encoding="utf-8") as f:
